@@ -1,0 +1,56 @@
+"""fiberscope: show what a model does not see.
+
+Sample natural-looking images from the fiber ``{x : φ(x) = φ(x*)}`` of any differentiable feature
+extractor φ, training-free, by steering a pretrained diffusion or flow prior with NDTM.
+
+Example:
+    >>> import fiberscope as fs
+    >>> out = fs.sample_fiber("builtin:mnist-cnn", "digit.png", "builtin:mnist-ddpm", n=8,  # doctest: +SKIP
+    ...                       layer="penultimate", method=fs.NDTM.preset("builtin-mnist"))
+    >>> out.save("fiber/")                                                               # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .api import FiberSamples, sample_fiber
+from .guidance import NDTM, FiberObjective, GuidanceError, GuidanceMethod, SampleNoise, Trajectory, Unguided
+from .losses import LOSSES, fiber_loss
+from .priors import (
+    CallablePrior,
+    Denoised,
+    FlowSchedule,
+    GaussianMixturePrior,
+    GaussianPrior,
+    ModelNotAvailableError,
+    Prior,
+    VPSchedule,
+    load_prior,
+)
+from .subjects import Subject, SubjectGradientError, load_subject
+
+__all__ = [
+    "LOSSES",
+    "NDTM",
+    "CallablePrior",
+    "Denoised",
+    "FiberObjective",
+    "FiberSamples",
+    "FlowSchedule",
+    "GaussianMixturePrior",
+    "GaussianPrior",
+    "GuidanceError",
+    "GuidanceMethod",
+    "ModelNotAvailableError",
+    "Prior",
+    "SampleNoise",
+    "Subject",
+    "SubjectGradientError",
+    "Trajectory",
+    "Unguided",
+    "VPSchedule",
+    "__version__",
+    "fiber_loss",
+    "load_prior",
+    "load_subject",
+    "sample_fiber",
+]

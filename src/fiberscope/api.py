@@ -1,0 +1,363 @@
+"""``sample_fiber``: draw natural images that a model cannot tell apart from a query.
+
+Example:
+    >>> import fiberscope as fs
+    >>> out = fs.sample_fiber("builtin:mnist-cnn", query, "builtin:mnist-ddpm", n=8,   # doctest: +SKIP
+    ...                       method=fs.NDTM(steps=50, inner_steps=3, lr=0.02, gamma=2.0), seed=0)
+    >>> out.fiber_loss            # per sample, squared L2 in feature space          # doctest: +SKIP
+    >>> out.save("fiber/")        # PNGs, a grid, record.json and samples.npz          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.query import load_query
+from .guidance.base import FiberObjective, GuidanceMethod, SampleNoise
+from .guidance.ndtm import NDTM
+from .losses import LOSSES
+from .priors.base import CallCounter, Prior
+from .priors.loading import load_prior
+from .subjects.base import Subject, check_gradients, load_subject
+from .utils import atomic_write_bytes, atomic_write_json, is_rank_zero, jsonable
+
+__all__ = ["FiberSamples", "sample_fiber", "sample_seeds"]
+
+REPORTED_LOSSES = ("sq_l2", "l2", "rms", "l1", "cosine")
+
+
+def sample_seeds(seed: int, n: int) -> list[int]:
+    """Per-sample seeds derived from one run seed (independent streams, no overlaps between runs)."""
+    out = []
+    for i in range(n):
+        a, b = np.random.SeedSequence([int(seed), i]).generate_state(2, np.uint32)
+        out.append(int((int(a) << 31) ^ int(b)) & ((1 << 62) - 1))
+    return out
+
+
+@dataclass
+class FiberSamples:
+    """Samples from the fiber of one query, with everything needed to judge and reproduce them.
+
+    Attributes:
+        images: ``[n, C, H, W]`` float32 in the prior's data range (``data_range``).
+        features: ``[n, ...]`` φ of each sample.
+        target: ``[1, ...]`` φ of the query.
+        fiber_loss: ``[n]`` per-sample fiber loss in the ``metric`` form (squared L2 by default,
+            the paper's reported number).
+        seeds: per-sample seeds: ``sample_fiber(..., seeds=[s])`` regenerates one sample alone.
+        config: prior, subject, method settings and everything else needed to rerun.
+        timings: seconds (``total``, ``target``, ``sampling``, ``per_sample``).
+        counts: network evaluations per sample (prior/subject forwards and backwards).
+        query: ``[1, C, H, W]`` the query as the prior sees it.
+        losses: every reported loss form, per sample (``sq_l2``, ``l2``, ``rms``, ``l1``, ``cosine``).
+        states: the raw states (latents for latent priors; equal to ``images`` for pixel priors).
+        loss_history: per batch, the mean terminal cost after each denoising step.
+    """
+
+    images: torch.Tensor
+    features: torch.Tensor
+    target: torch.Tensor
+    fiber_loss: torch.Tensor
+    seeds: list[int]
+    config: dict[str, Any]
+    timings: dict[str, float]
+    counts: dict[str, float]
+    query: torch.Tensor
+    metric: str = "sq_l2"
+    data_range: tuple[float, float] | None = (-1.0, 1.0)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    states: torch.Tensor | None = None
+    loss_history: list[list[float]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        fl = self.fiber_loss
+        return (
+            f"FiberSamples(n={len(self)}, image_shape={tuple(self.images.shape[1:])}, "
+            f"fiber_loss[{self.metric}]={float(fl.mean()):.4g}±{float(fl.std()) if len(fl) > 1 else 0:.2g}, "
+            f"method={self.config.get('method', {}).get('method')!r})"
+        )
+
+    def to_pil(self, scale: int = 1) -> list[Any]:
+        """The samples as PIL images."""
+        from .report.grid import to_pil
+
+        return [to_pil(x, self.data_range, scale) for x in self.images]
+
+    def grid(
+        self,
+        scale: int | None = None,
+        nn_image: torch.Tensor | None = None,
+        nn_loss: float | None = None,
+        ncol: int | None = None,
+    ) -> Any:
+        """Query (and optionally its nearest neighbour), then the samples with their fiber losses."""
+        from .report.grid import captioned_grid
+
+        scale = scale or max(1, 112 // max(self.images.shape[-1], 1))
+        head = [self.query[0]]
+        caps = ["query"]
+        if nn_image is not None:
+            head.append(nn_image)
+            caps.append("nearest real" + (f"\n{nn_loss:.3g}" if nn_loss is not None else ""))
+        imgs = list(self.images)
+        ncol = ncol or min(len(imgs), 8)
+        rows, captions = [], []
+        for r in range(0, len(imgs), ncol):
+            chunk = imgs[r : r + ncol]
+            lead = (
+                head
+                if r == 0
+                else [torch.full_like(self.query[0], self.data_range[1] if self.data_range else 1.0)] * len(head)
+            )
+            rows.append(lead + chunk)
+            captions.append(
+                (caps if r == 0 else [""] * len(head))
+                + [f"{self.metric} {float(v):.3g}" for v in self.fiber_loss[r : r + ncol]]
+            )
+        return captioned_grid(rows, captions, data_range=self.data_range, scale=scale, gap_after=(len(head) - 1,))
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record: config, per-sample losses and seeds, timings and counts."""
+        return {
+            "fiberscope_record": 1,
+            "n": len(self),
+            "metric": self.metric,
+            "fiber_loss": self.fiber_loss.tolist(),
+            "fiber_loss_mean": float(self.fiber_loss.mean()),
+            "losses": {k: v.tolist() for k, v in self.losses.items()},
+            "seeds": self.seeds,
+            "timings": self.timings,
+            "counts": self.counts,
+            "config": self.config,
+            "image_shape": list(self.images.shape[1:]),
+            "data_range": list(self.data_range) if self.data_range else None,
+            "loss_history": self.loss_history,
+        }
+
+    def save(self, directory: str | os.PathLike[str], *, pngs: bool = True) -> Path:
+        """Write ``query.png``, ``sample_XXX.png``, ``grid.png``, ``record.json`` and ``samples.npz``.
+
+        Every file is written atomically; the JSON record is written last, so its presence marks a
+        complete result.
+        """
+        import io
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        if pngs:
+            from .report.grid import to_pil
+
+            for i, img in enumerate(self.to_pil()):
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                atomic_write_bytes(d / f"sample_{i:03d}.png", buf.getvalue())
+            buf = io.BytesIO()
+            to_pil(self.query[0], self.data_range).save(buf, format="PNG")
+            atomic_write_bytes(d / "query.png", buf.getvalue())
+            buf = io.BytesIO()
+            self.grid().save(buf, format="PNG")
+            atomic_write_bytes(d / "grid.png", buf.getvalue())
+        buf = io.BytesIO()
+        arrays: dict[str, Any] = {
+            "images": self.images.numpy(),
+            "features": self.features.numpy(),
+            "target": self.target.numpy(),
+            "fiber_loss": self.fiber_loss.numpy(),
+            "seeds": np.array(self.seeds, dtype=np.int64),
+            "query": self.query.numpy(),
+        }
+        if self.states is not None:
+            arrays["states"] = self.states.numpy()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(d / "samples.npz", buf.getvalue())
+        atomic_write_json(d / "record.json", self.record())
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> FiberSamples:
+        """Read a result written by :meth:`save` (no pickle involved)."""
+        import json
+
+        d = Path(directory)
+        rec = json.loads((d / "record.json").read_text())
+        with np.load(d / "samples.npz", allow_pickle=False) as z:
+            arr = {k: torch.from_numpy(z[k]) for k in z.files}
+        return cls(
+            images=arr["images"],
+            features=arr["features"],
+            target=arr["target"],
+            fiber_loss=arr["fiber_loss"],
+            seeds=[int(s) for s in arr["seeds"]],
+            config=rec["config"],
+            timings=rec["timings"],
+            counts=rec["counts"],
+            query=arr["query"],
+            metric=rec["metric"],
+            data_range=tuple(rec["data_range"]) if rec.get("data_range") else None,
+            losses={k: torch.tensor(v) for k, v in rec.get("losses", {}).items()},
+            states=arr.get("states"),
+            loss_history=rec.get("loss_history", []),
+        )
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled or not is_rank_zero():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+def sample_fiber(
+    subject: str | torch.nn.Module | Callable[[torch.Tensor], Any] | Subject,
+    query: Any,
+    prior: str | os.PathLike[str] | Prior,
+    n: int = 8,
+    method: GuidanceMethod | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    progress: bool = True,
+    *,
+    layer: str | Sequence[str] | Mapping[str, float] | None = None,
+    seeds: Sequence[int] | None = None,
+    metric: str = "sq_l2",
+) -> FiberSamples:
+    """Sample ``n`` images from the fiber ``{x : φ(x) = φ(query)}`` of ``subject``.
+
+    Args:
+        subject: φ: ``"builtin:mnist-cnn"``, a library spec (``"timm:resnet50.a1_in1k"``), an
+            ``nn.Module`` or any callable returning features ``[B, ...]``.
+        query: the image whose fiber is sampled: a tensor in the prior's data space, a PIL
+            image, an array, or a path to an image or .npy file (converted to the prior's space).
+        prior: ``"builtin:mnist-ddpm"``, a diffusers directory, a cached hub id, or a Prior.
+        n: number of samples.
+        method: a guidance method (default ``NDTM()``); ``Unguided()`` samples the prior alone.
+        seed: run seed; sample ``i`` gets its own seed from it (see ``seeds`` in the result).
+        batch_size: samples per batch (default: all ``n`` at once). Results do not depend on it.
+        device: ``"cuda"``, ``"cpu"``... (default: the prior's device).
+        dtype: network dtype of the prior (guidance arithmetic stays float32).
+        callback: called after every denoising step with a dict (``step``, ``t``, ``x``, ``x0``,
+            ``gamma``, ``cost``, ``steps``, ``batch``).
+        progress: show a tqdm bar (never on non-zero ranks).
+        layer: layer(s) of ``subject`` to use as φ (see :func:`~fiberscope.load_subject`).
+        seeds: explicit per-sample seeds (overrides ``seed``; ``n`` becomes ``len(seeds)``).
+        metric: the form of ``fiber_loss`` in the result (default ``"sq_l2"``, as the paper reports).
+
+    Returns:
+        :class:`FiberSamples`.
+    """
+    t_total = time.perf_counter()
+    method = method if method is not None else NDTM()
+    if not isinstance(method, GuidanceMethod):
+        raise TypeError(f"method must be a guidance method such as fiberscope.NDTM(...), got {type(method).__name__}")
+    if metric not in LOSSES:
+        raise ValueError(f"metric must be one of {sorted(LOSSES)}, got {metric!r}")
+    if seeds is not None:
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ValueError("seeds is empty; give at least one seed")
+        n = len(seeds)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    prior_obj = load_prior(prior, device=device, dtype=dtype)
+    dev = torch.device(device) if device is not None else prior_obj.device
+    subj = load_subject(subject, layer, device=dev)
+    image_shape = getattr(prior_obj, "image_shape", None) or prior_obj.data_shape
+    q = load_query(query, image_shape=tuple(image_shape), data_range=prior_obj.data_range, device=dev)
+    all_seeds = list(seeds) if seeds is not None else sample_seeds(seed, n)
+    bs = batch_size or n
+
+    timings: dict[str, float] = {}
+    if method.needs_gradients:
+        check_gradients(subj, q, prior_obj.data_range)
+    counter = CallCounter()
+    prior_obj.counter = counter
+    subj.counter = counter
+    try:
+        t0 = time.perf_counter()
+        objective = FiberObjective(prior_obj, subj, q, loss=getattr(method, "loss", "l2"))
+        timings["target"] = time.perf_counter() - t0
+        per_batch_steps = len(method.times(prior_obj))
+        bar = _progress(
+            per_batch_steps * ((n + bs - 1) // bs), progress, f"{method.name} {getattr(subj, 'name', 'subject')}"
+        )
+        states, histories = [], []
+        t0 = time.perf_counter()
+        for b, start in enumerate(range(0, n, bs)):
+            chunk = all_seeds[start : start + bs]
+            noise = SampleNoise(chunk, dev)
+
+            def cb(info: dict[str, Any], _b: int = b) -> None:
+                if bar is not None:
+                    bar.update(1)
+                if callback is not None:
+                    callback({**info, "batch": _b})
+
+            x_init = method.initial_state(prior_obj, objective, noise)
+            traj = method.run(prior_obj, objective, x_init, noise, cb)
+            states.append(traj.sample.detach())
+            histories.append(traj.loss_history)
+        if bar is not None:
+            bar.close()
+        timings["sampling"] = time.perf_counter() - t0
+        state = torch.cat(states)
+        with torch.no_grad():
+            images = prior_obj.decode(state).float()
+            feats = objective.features_of_data(images).float()
+    finally:
+        prior_obj.counter = None
+        subj.counter = None
+    target = objective.target.float()
+    losses = {k: LOSSES[k](feats, target).cpu() for k in REPORTED_LOSSES}
+    fl = losses[metric] if metric in losses else LOSSES[metric](feats, target).cpu()
+    timings["total"] = time.perf_counter() - t_total
+    timings["per_sample"] = timings["sampling"] / n
+    counts: dict[str, float] = {k: v / n for k, v in counter.as_dict().items()}
+    counts["forward_equivalents"] = counter.forward_equivalents() / n
+    config = {
+        "method": method.config(),
+        "prior": prior_obj.describe(),
+        "subject": subj.describe(),
+        "n": n,
+        "seed": seed if seeds is None else None,
+        "batch_size": bs,
+        "device": str(dev),
+        "dtype": str(getattr(prior_obj, "compute_dtype", torch.float32)),
+        "torch": torch.__version__,
+    }
+    from . import __version__
+
+    config["fiberscope"] = __version__
+    return FiberSamples(
+        images=images.cpu(),
+        features=feats.cpu(),
+        target=target.cpu(),
+        fiber_loss=fl,
+        seeds=all_seeds,
+        config=jsonable(config),
+        timings=timings,
+        counts=counts,
+        query=q.cpu(),
+        metric=metric,
+        data_range=prior_obj.data_range,
+        losses=losses,
+        states=state.cpu() if prior_obj.is_latent else None,
+        loss_history=histories,
+    )

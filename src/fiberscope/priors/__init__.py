@@ -1,0 +1,26 @@
+"""Priors: one contract (``denoise(x_t, t) -> Denoised(x0, eps)``), many adapters."""
+
+from .analytic import GaussianMixturePrior, GaussianPrior
+from .base import PARAMETERIZATIONS, CallablePrior, CallCounter, Denoised, Prior
+from .loading import ModelNotAvailableError, load_prior
+from .schedule import FlowSchedule, Schedule, VPSchedule
+from .steps import ancestral_step, ddim_step, euler_step, flow_stochastic_step
+
+__all__ = [
+    "PARAMETERIZATIONS",
+    "CallCounter",
+    "CallablePrior",
+    "Denoised",
+    "FlowSchedule",
+    "GaussianMixturePrior",
+    "GaussianPrior",
+    "ModelNotAvailableError",
+    "Prior",
+    "Schedule",
+    "VPSchedule",
+    "ancestral_step",
+    "ddim_step",
+    "euler_step",
+    "flow_stochastic_step",
+    "load_prior",
+]

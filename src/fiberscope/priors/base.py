@@ -1,0 +1,271 @@
+"""The prior contract: ``denoise(x_t, t) -> Denoised(x0, eps)``, whatever the network predicts.
+
+A :class:`Prior` owns a :class:`~fiberscope.priors.schedule.Schedule`, a raw network call
+(:meth:`Prior.network`) and the parameterisation of that network's output (``eps``, ``x0``,
+``v`` for v-prediction, ``velocity`` for flow matching, plus ``learned_range`` variance when the
+network also predicts it). Guidance methods see only :meth:`denoise`, the schedule, and
+``encode``/``decode`` (identity for pixel priors), so one method serves pixel DDPMs, latent
+diffusion and rectified flows.
+
+Example (any callable becomes a prior once its parameterisation is declared):
+    >>> import torch
+    >>> from fiberscope.priors import CallablePrior, VPSchedule
+    >>> net = lambda x, t: torch.zeros_like(x)                      # predicts ε = 0
+    >>> prior = CallablePrior(net, VPSchedule.linear(), "eps", data_shape=(2,), data_range=None)
+    >>> d = prior.denoise(torch.ones(3, 2), 500)
+    >>> d.x0.shape
+    torch.Size([3, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .schedule import Schedule
+
+__all__ = ["PARAMETERIZATIONS", "CallCounter", "CallablePrior", "Denoised", "Prior", "count_backward"]
+
+PARAMETERIZATIONS = ("eps", "x0", "v", "velocity")
+
+
+@dataclass
+class Denoised:
+    """Output of :meth:`Prior.denoise`: the clean-data estimate, the noise estimate, and extras.
+
+    ``v`` holds the model's variance interpolation in [-1, 1] for ``learned_range`` priors.
+    """
+
+    x0: torch.Tensor
+    eps: torch.Tensor
+    v: torch.Tensor | None = None
+
+
+@dataclass
+class CallCounter:
+    """Network evaluations, counted per *sample* (a batch of 8 is 8 evaluations)."""
+
+    prior_forwards: int = 0
+    prior_backwards: int = 0
+    subject_forwards: int = 0
+    subject_backwards: int = 0
+    decoder_forwards: int = 0
+    decoder_backwards: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+    def add(self, other: CallCounter) -> None:
+        for k, v in other.__dict__.items():
+            setattr(self, k, getattr(self, k) + v)
+
+    def forward_equivalents(self, backward_cost: float = 2.0) -> float:
+        """Total cost in forward-equivalents, a backward counted as ``backward_cost`` forwards."""
+        f = self.prior_forwards + self.subject_forwards + self.decoder_forwards
+        b = self.prior_backwards + self.subject_backwards + self.decoder_backwards
+        return f + backward_cost * b
+
+
+class _CountBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, counter, attr):
+        ctx.counter, ctx.attr, ctx.n = counter, attr, x.shape[0]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        setattr(ctx.counter, ctx.attr, getattr(ctx.counter, ctx.attr) + ctx.n)
+        return grad, None, None
+
+
+def count_backward(x: torch.Tensor, counter: CallCounter | None, attr: str) -> torch.Tensor:
+    """Identity whose backward pass adds the batch size to ``counter.<attr>``."""
+    if counter is None or not x.requires_grad:
+        return x
+    return _CountBackward.apply(x, counter, attr)
+
+
+class Prior(nn.Module):
+    """Base class of every prior. Subclasses implement :meth:`network` (raw model output).
+
+    Attributes:
+        schedule: the interpolant and time grid.
+        parameterization: what :meth:`network` predicts: ``eps``, ``x0``, ``v`` or ``velocity``.
+        learned_variance: the network output carries a second half with the variance (ADM style).
+        data_shape: shape of one state (latent shape for latent priors).
+        data_range: ``(lo, hi)`` of decoded data (images), or None when unbounded.
+        clip_range: default clip of x̂0 in state space (None: no clipping, e.g. latents).
+        counter: where network evaluations are counted (set by the sampler).
+    """
+
+    schedule: Schedule
+    parameterization: str = "eps"
+    learned_variance: bool = False
+    data_shape: tuple[int, ...] = ()
+    image_shape: tuple[int, ...] | None = None
+    data_range: tuple[float, float] | None = (-1.0, 1.0)
+    clip_range: tuple[float, float] | None = (-1.0, 1.0)
+    is_latent: bool = False
+    name: str = "prior"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counter: CallCounter | None = None
+        self.compute_dtype: torch.dtype = torch.float32
+
+    # ---- what subclasses provide -------------------------------------------------------------
+    def network(self, x_t: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
+        """Raw network output for states ``x_t`` at native timesteps ``t_model`` [B]."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """State → data (identity for pixel priors)."""
+        return z
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Data → state (identity for pixel priors)."""
+        return x
+
+    # ---- the contract ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def denoise(self, x_t: torch.Tensor, t: float) -> Denoised:
+        """Clean-data and noise estimates at time ``t`` (native units), in float32."""
+        a, s = self.schedule.alpha_sigma(t)
+        a = a.to(x_t.device, torch.float32)
+        s = s.to(x_t.device, torch.float32)
+        tm = torch.full((x_t.shape[0],), self.schedule.model_time(t), device=x_t.device, dtype=torch.float32)
+        out = self.network(x_t.to(self.compute_dtype), tm).float()
+        if self.counter is not None:
+            self.counter.prior_forwards += x_t.shape[0]
+            out = count_backward(out, self.counter, "prior_backwards")
+        v = None
+        if self.learned_variance:
+            out, v = out.chunk(2, dim=1)
+        p = self.parameterization
+        if p == "eps":
+            eps = out
+            x0 = (x_t - s * eps) / a
+        elif p == "x0":
+            x0 = out
+            eps = (x_t - a * x0) / torch.clamp(s, min=1e-12)
+        elif p == "v":  # v = α ε − σ x0 on a VP schedule
+            x0 = a * x_t - s * out
+            eps = s * x_t + a * out
+        elif p == "velocity":  # v = ε − x0 on a linear interpolant α = 1 − σ
+            x0 = x_t - s * out
+            eps = x_t + a * out
+        else:  # pragma: no cover - validated at construction
+            raise ValueError(p)
+        return Denoised(x0=x0, eps=eps, v=v)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description recorded in every result."""
+        return {
+            "name": self.name,
+            "class": type(self).__name__,
+            "schedule": self.schedule.config(),
+            "parameterization": self.parameterization,
+            "learned_variance": self.learned_variance,
+            "data_shape": list(self.data_shape),
+            "image_shape": list(self.image_shape or self.data_shape),
+            "data_range": list(self.data_range) if self.data_range else None,
+            "latent": self.is_latent,
+        }
+
+
+def _check_param(parameterization: str, schedule: Schedule) -> None:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+    if parameterization == "velocity" and schedule.kind != "flow":
+        raise ValueError(
+            "parameterization='velocity' needs a FlowSchedule (rectified flow); use 'v' for VP v-prediction"
+        )
+    if parameterization == "v" and schedule.kind != "vp":
+        raise ValueError("parameterization='v' is VP v-prediction; a flow model predicts 'velocity'")
+
+
+@dataclass
+class _Fn:
+    fn: Callable[..., torch.Tensor]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class CallablePrior(Prior):
+    """Any callable ``net(x_t, t) -> Tensor`` with a declared parameterisation becomes a prior.
+
+    Args:
+        net: callable on ``(x_t [B, ...], t [B] native timesteps)``; an ``nn.Module`` is registered.
+        schedule: its training schedule.
+        parameterization: ``eps``, ``x0``, ``v`` or ``velocity``.
+        data_shape: shape of one state.
+        data_range: range of (decoded) data, e.g. ``(-1, 1)``; None if unbounded.
+        decode / encode: for latent priors, state ↔ data maps (differentiable).
+        clip_range: clip of x̂0 in state space used by guidance (None for latents).
+        learned_variance: output has a second half holding ADM's variance interpolation.
+    """
+
+    def __init__(
+        self,
+        net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        schedule: Schedule,
+        parameterization: str = "eps",
+        *,
+        data_shape: tuple[int, ...],
+        data_range: tuple[float, float] | None = (-1.0, 1.0),
+        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        clip_range: tuple[float, float] | None = "auto",  # type: ignore[assignment]
+        learned_variance: bool = False,
+        image_shape: tuple[int, ...] | None = None,
+        name: str = "callable",
+    ):
+        super().__init__()
+        _check_param(parameterization, schedule)
+        if isinstance(net, nn.Module):
+            self.net = net
+        else:
+            self._fn = _Fn(net)
+        self.schedule = schedule
+        self.parameterization = parameterization
+        self.data_shape = tuple(data_shape)
+        self.data_range = data_range
+        self.is_latent = decode is not None
+        self._decode, self._encode = decode, encode
+        if clip_range == "auto":
+            clip_range = None if self.is_latent else data_range
+        self.clip_range = clip_range
+        self.learned_variance = learned_variance
+        self.image_shape = tuple(image_shape) if image_shape is not None else None
+        self.name = name
+
+    def network(self, x_t: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
+        fn = self.net if hasattr(self, "net") else self._fn.fn
+        out = fn(x_t, t_model)
+        return out.sample if hasattr(out, "sample") else out
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self._decode is None:
+            return z
+        x = self._decode(z)
+        if self.counter is not None:
+            self.counter.decoder_forwards += z.shape[0]
+            x = count_backward(x, self.counter, "decoder_backwards")
+        return x
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self._encode is None:
+            if self._decode is not None:
+                raise ValueError(f"prior {self.name!r} has no encoder; start from noise instead of the query")
+            return x
+        return self._encode(x)

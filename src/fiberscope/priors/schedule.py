@@ -1,0 +1,155 @@
+"""Interpolant schedules ``x_t = α(t)·x0 + σ(t)·ε`` in each prior's native time units.
+
+Two families cover the priors fiberscope meets:
+
+* :class:`VPSchedule` — variance-preserving diffusion from a model's ``alphas_cumprod``
+  (α = √ᾱ_t, σ = √(1 − ᾱ_t)); time is the integer training timestep 0 … T−1.
+* :class:`FlowSchedule` — rectified flow, α = 1 − σ, σ = t / T; time is the diffusers
+  convention ``timestep = σ · T`` (σ = 1 is noise, σ = 0 is data).
+
+Times are plain floats in ``[0, T]``; ``None`` stands for "clean data" (α = 1, σ = 0), the target
+of the final step. Grids run from the noisiest time down, as the NDTM reference does.
+
+Example:
+    >>> s = VPSchedule.linear(1000)
+    >>> s.grid(4)                                    # the reference's uniform grid, noisiest first
+    [750, 500, 250, 0]
+    >>> round(float(s.alpha_sigma(0)[0]), 4)
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+__all__ = ["FlowSchedule", "Schedule", "VPSchedule", "snr_matched_time"]
+
+
+class Schedule(ABC):
+    """``x_t = α(t)·x0 + σ(t)·ε``; subclasses give α, σ and the grid in native time units."""
+
+    kind: str = "abstract"
+    num_train_timesteps: int = 1000
+
+    @abstractmethod
+    def alpha_sigma(self, t: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """α(t), σ(t) as 0-d float64 tensors; ``t=None`` is clean data (1, 0)."""
+
+    @abstractmethod
+    def grid(self, steps: int, t_max: float | None = None) -> list[float]:
+        """``steps`` times from the noisiest down (``t_max`` caps the start, e.g. for SDEdit)."""
+
+    def model_time(self, t: float) -> float:
+        """The timestep value the network was trained to receive at time ``t``."""
+        return t
+
+    def abar(self, t: float | None) -> torch.Tensor:
+        """ᾱ = α² / (α² + σ²): the signal fraction, comparable across families."""
+        a, s = self.alpha_sigma(t)
+        return a * a / (a * a + s * s)
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "num_train_timesteps": self.num_train_timesteps}
+
+
+class VPSchedule(Schedule):
+    """Variance-preserving diffusion from ``alphas_cumprod`` (a DDPM/DDIM training schedule)."""
+
+    kind = "vp"
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        if ac.numel() < 2 or not bool(((ac > 0) & (ac <= 1)).all()):
+            raise ValueError("alphas_cumprod must be a 1-D sequence of values in (0, 1]")
+        self.alphas_cumprod = ac
+        self.num_train_timesteps = ac.numel()
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> VPSchedule:
+        """The DDPM linear β schedule (the default of the paper's priors)."""
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        return cls(torch.cumprod(1 - betas, 0))
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008) -> VPSchedule:
+        """The improved-DDPM cosine schedule (diffusers ``squaredcos_cap_v2``)."""
+        f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+        betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64)
+        return cls(torch.cumprod(1 - betas, 0))
+
+    def _index(self, t: float) -> int:
+        i = round(float(t))
+        if not 0 <= i < self.num_train_timesteps:
+            raise ValueError(f"timestep {t} outside [0, {self.num_train_timesteps - 1}]")
+        return i
+
+    def alpha_sigma(self, t: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if t is None or t < 0:
+            return torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+        a = self.alphas_cumprod[self._index(t)]
+        return a.sqrt(), (1 - a).sqrt()
+
+    def grid(self, steps: int, t_max: float | None = None) -> list[float]:
+        """The reference's ``ddpm_uniform`` stride: ``floor(k·T/K)`` for k = K−1 … 0.
+
+        With ``t_max`` (SDEdit), the same number of steps spans ``[0, t_max]`` instead.
+        """
+        T = self.num_train_timesteps if t_max is None else min(self.num_train_timesteps, int(t_max) + 1)
+        return [float(math.floor(k * T / steps)) for k in range(steps - 1, -1, -1)]
+
+    def config(self) -> dict:
+        return {
+            **super().config(),
+            "alphas_cumprod_first_last": [float(self.alphas_cumprod[0]), float(self.alphas_cumprod[-1])],
+        }
+
+
+class FlowSchedule(Schedule):
+    """Rectified flow: ``x_σ = (1 − σ)·x0 + σ·ε`` with ``σ = t / T`` and velocity ``v = ε − x0``.
+
+    ``shift`` applies diffusers' time shift ``σ' = shift·σ / (1 + (shift − 1)·σ)`` to the grid.
+    """
+
+    kind = "flow"
+
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.shift = float(shift)
+
+    def alpha_sigma(self, t: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if t is None or t < 0:
+            return torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+        s = torch.tensor(float(t) / self.num_train_timesteps, dtype=torch.float64).clamp(0, 1)
+        return 1 - s, s
+
+    def grid(self, steps: int, t_max: float | None = None) -> list[float]:
+        """Uniform in σ from ``t_max`` (default T, pure noise) down to ``T/K``; shifted if asked."""
+        top = self.num_train_timesteps if t_max is None else float(t_max)
+        out = []
+        for k in range(steps, 0, -1):
+            s = k / steps * top / self.num_train_timesteps
+            s = self.shift * s / (1 + (self.shift - 1) * s)
+            out.append(s * self.num_train_timesteps)
+        return out
+
+    def config(self) -> dict:
+        return {**super().config(), "shift": self.shift}
+
+
+def snr_matched_time(schedule: Schedule, t: float, reference: Schedule) -> float:
+    """The time of ``schedule`` with the same signal fraction ᾱ as ``reference`` has at ``t``.
+
+    Useful to carry a γ(t) schedule written for a DDPM onto a flow prior.
+    """
+    target = float(reference.abar(t))
+    lo, hi = 0.0, float(schedule.num_train_timesteps - (1 if schedule.kind == "vp" else 0))
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if float(schedule.abar(mid if schedule.kind == "flow" else round(mid))) > target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2

@@ -1,0 +1,229 @@
+"""Schedules, stateless update rules and prior adapters, checked against diffusers and closed forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fiberscope as fs
+from conftest import tiny_unet
+from fiberscope.priors.steps import ancestral_step, ddim_step, euler_step, flow_stochastic_step
+
+
+def _ddpm_sched(**kw):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, **kw)
+
+
+def test_vp_schedule_matches_diffusers_and_reference_grid():
+    s = fs.VPSchedule.linear()
+    ref = _ddpm_sched().alphas_cumprod.double()
+    assert torch.allclose(s.alphas_cumprod, ref, atol=1e-6)
+    assert s.grid(200)[:3] == [995.0, 990.0, 985.0] and s.grid(200)[-1] == 0.0
+    a, sig = s.alpha_sigma(None)
+    assert float(a) == 1.0 and float(sig) == 0.0
+    cos = fs.VPSchedule.cosine()
+    ref_cos = _ddpm_sched(beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
+    assert torch.allclose(cos.alphas_cumprod, ref_cos, atol=1e-5)
+
+
+def test_flow_schedule_is_linear_interpolant():
+    f = fs.FlowSchedule()
+    a, s = f.alpha_sigma(250.0)
+    assert float(a) == pytest.approx(0.75) and float(s) == pytest.approx(0.25)
+    assert f.grid(4) == [1000.0, 750.0, 500.0, 250.0]
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_step_matches_diffusers(eta):
+    from diffusers import DDIMScheduler
+
+    sch = DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=True)
+    sch.set_timesteps(10)
+    t, s = int(sch.timesteps[3]), int(sch.timesteps[4])
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    noise = torch.randn(2, 3, generator=g)
+    ref = sch.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
+    vp = fs.VPSchedule(sch.alphas_cumprod)
+    (a_t, s_t), (a_s, s_s) = (p.float() for p in vp.alpha_sigma(t)), (p.float() for p in vp.alpha_sigma(s))
+    x0 = (x - s_t * eps) / a_t
+    ours = ddim_step(x0, eps, a_t, s_t, a_s, s_s, eta, noise, "small")
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_ancestral_step_matches_ddpm_scheduler(variance):
+    sch = _ddpm_sched(variance_type=variance, clip_sample=False)
+    t = 600
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    ref = sch.step(eps, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
+    noise = torch.randn(2, 3, generator=torch.Generator().manual_seed(5))
+    vp = fs.VPSchedule(sch.alphas_cumprod)
+    (a_t, s_t), (a_s, s_s) = (p.float() for p in vp.alpha_sigma(t)), (p.float() for p in vp.alpha_sigma(t - 1))
+    x0 = (x - s_t * eps) / a_t
+    ours = ancestral_step(x, x0, a_t, s_t, a_s, s_s, noise, "small" if variance == "fixed_small" else "large")
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_euler_step_matches_flow_match_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    sch.set_timesteps(8)
+    x, v = torch.randn(2, 3), torch.randn(2, 3)
+    t = sch.timesteps[2]
+    ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    ref.set_timesteps(8)
+    ref._step_index = 2
+    out = ref.step(v, t, x).prev_sample
+    s_t, s_s = sch.sigmas[2], sch.sigmas[3]
+    assert torch.allclose(euler_step(x, v, s_t, s_s), out, atol=1e-5)
+    # the DDIM step with eta=0 on the flow interpolant is the same Euler step
+    x0, eps = x - s_t * v, x + (1 - s_t) * v
+    assert torch.allclose(ddim_step(x0, eps, 1 - s_t, s_t, 1 - s_s, s_s, 0.0), out, atol=1e-5)
+    assert torch.allclose(flow_stochastic_step(x0, eps, 1 - s_s, s_s, 0.0, None), out, atol=1e-5)
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
+def test_diffusers_adapter_parameterisations_are_consistent(tmp_path, pred):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(prediction_type=pred)).save_pretrained(str(tmp_path / "p"))
+    prior = fs.load_prior(tmp_path / "p")
+    assert prior.parameterization == {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}[pred]
+    assert prior.data_shape == (1, 8, 8) and prior.schedule.kind == "vp"
+    x = torch.randn(2, 1, 8, 8)
+    d = prior.denoise(x, 300)
+    a, s = (p.float() for p in prior.schedule.alpha_sigma(300))
+    assert torch.allclose(a * d.x0 + s * d.eps, x, atol=1e-4)  # x_t = α x̂0 + σ ε̂ whatever is predicted
+    raw = prior.model(x, torch.full((2,), 300)).sample
+    expect = {"epsilon": d.eps, "sample": d.x0, "v_prediction": a * d.eps - s * d.x0}[pred]
+    assert torch.allclose(raw, expect, atol=1e-4)
+
+
+def test_flow_match_config_gives_a_velocity_prior(tmp_path):
+    from diffusers import DDPMPipeline, FlowMatchEulerDiscreteScheduler
+
+    DDPMPipeline(unet=tiny_unet(), scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(str(tmp_path / "f"))
+    prior = fs.load_prior(tmp_path / "f")
+    assert prior.schedule.kind == "flow" and prior.parameterization == "velocity"
+    x = torch.randn(2, 1, 8, 8)
+    d = prior.denoise(x, 400.0)
+    assert torch.allclose(0.6 * d.x0 + 0.4 * d.eps, x, atol=1e-4)
+    out = fs.sample_fiber(
+        lambda z: z.flatten(1)[:, :5],
+        torch.zeros(1, 1, 8, 8),
+        prior,
+        n=2,
+        progress=False,
+        method=fs.NDTM(steps=4, inner_steps=1, lr=0.05, gamma=1.0, sampler="euler"),
+    )
+    assert torch.isfinite(out.images).all()
+
+
+def test_learned_variance_unet_is_detected(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    DDPMPipeline(
+        unet=tiny_unet(out_channels=2), scheduler=DDPMScheduler(variance_type="learned_range")
+    ).save_pretrained(str(tmp_path / "lv"))
+    prior = fs.load_prior(tmp_path / "lv")
+    assert prior.learned_variance
+    d = prior.denoise(torch.randn(2, 1, 8, 8), 500)
+    assert d.v is not None and d.x0.shape == (2, 1, 8, 8)
+    out = fs.sample_fiber(
+        lambda z: z.flatten(1)[:, :3],
+        torch.zeros(1, 1, 8, 8),
+        prior,
+        n=1,
+        progress=False,
+        method=fs.NDTM(
+            steps=25, inner_steps=1, gamma=1.0, sampler="ancestral", variance="learned_range", ancestral_rescaled=True
+        ),
+    )
+    assert torch.isfinite(out.images).all()
+
+
+def test_learned_range_on_a_plain_prior_is_refused(tiny_prior):
+    with pytest.raises(ValueError, match="learned_range"):
+        fs.sample_fiber(
+            lambda z: z.flatten(1),
+            torch.zeros(1, 1, 8, 8),
+            tiny_prior,
+            n=1,
+            progress=False,
+            method=fs.NDTM(steps=3, inner_steps=1, variance="learned_range"),
+        )
+
+
+def test_missing_prior_and_pickle_only_dirs_fail_clearly(tmp_path):
+    with pytest.raises(fs.ModelNotAvailableError, match="huggingface-cli download"):
+        fs.load_prior("google/this-model-is-not-cached-32")
+    with pytest.raises(fs.ModelNotAvailableError, match="no such directory"):
+        fs.load_prior(str(tmp_path / "nowhere"))
+    (tmp_path / "bin" / "unet").mkdir(parents=True)
+    (tmp_path / "bin" / "scheduler").mkdir()
+    (tmp_path / "bin" / "scheduler" / "scheduler_config.json").write_text("{}")
+    (tmp_path / "bin" / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="does not unpickle"):
+        fs.load_prior(tmp_path / "bin")
+
+
+def test_callable_prior_with_declared_parameterisation():
+    prior = fs.CallablePrior(
+        lambda x, t: torch.zeros_like(x), fs.VPSchedule.linear(), "x0", data_shape=(3,), data_range=None
+    )
+    d = prior.denoise(torch.ones(2, 3), 100)
+    assert torch.equal(d.x0, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="FlowSchedule"):
+        fs.CallablePrior(lambda x, t: x, fs.VPSchedule.linear(), "velocity", data_shape=(3,))
+
+
+def test_latent_prior_decodes_before_the_subject():
+    """A latent prior: state z in R^2, decode(z) = W z; the subject sees decoded data."""
+    W = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    base = fs.GaussianPrior(dim=2)
+    prior = fs.CallablePrior(
+        base.network,
+        base.schedule,
+        "eps",
+        data_shape=(2,),
+        data_range=None,
+        decode=lambda z: z @ W.T,
+        encode=lambda x: torch.linalg.lstsq(W, x.T).solution.T,
+        image_shape=(3,),
+    )
+    query = torch.tensor([[1.0, 2.0, 2.0]])  # = decode([1, 1])
+    out = fs.sample_fiber(
+        lambda x: x[:, 1:2],
+        query,
+        prior,
+        n=16,
+        progress=False,
+        method=fs.NDTM(steps=40, inner_steps=5, lr=0.05, lr_schedule="constant", gamma=1.0),
+    )
+    assert out.images.shape == (16, 3) and out.states.shape == (16, 2)
+    assert (out.images[:, 1] - 2.0).abs().max() < 0.1
+    assert out.counts["decoder_backwards"] > 0
+    sd = fs.sample_fiber(
+        lambda x: x[:, 1:2],
+        query,
+        prior,
+        n=4,
+        progress=False,
+        method=fs.NDTM(steps=10, inner_steps=2, gamma=1.0, init="sdedit", strength=0.3),
+    )
+    assert torch.isfinite(sd.images).all()
+
+
+def test_analytic_gaussian_posterior_mean_is_exact():
+    prior = fs.GaussianPrior(dim=1, mean=1.0, std=0.5)
+    a, s = (p.float() for p in prior.schedule.alpha_sigma(500))
+    x = torch.tensor([[0.3]])
+    expect = 1.0 + a * 0.25 / (a * a * 0.25 + s * s) * (0.3 - a * 1.0)
+    assert torch.allclose(prior.denoise(x, 500).x0, expect.reshape(1, 1), atol=1e-6)
+    img = fs.GaussianPrior(shape=(1, 4, 4))
+    assert img.denoise(torch.randn(2, 1, 4, 4), 10).x0.shape == (2, 1, 4, 4)
