@@ -4,7 +4,11 @@ from .base import FiberObjective, GuidanceError, GuidanceMethod, SampleNoise, St
 from .ndtm import NDTM, PRESETS, parse_gamma
 from .unguided import Unguided
 
+#: Guidance methods by name (``fiberscope sample --method NAME``, manifests, the bench).
+METHODS: dict[str, type[GuidanceMethod]] = {"ndtm": NDTM, "unguided": Unguided}
+
 __all__ = [
+    "METHODS",
     "NDTM",
     "PRESETS",
     "FiberObjective",

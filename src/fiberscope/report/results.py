@@ -1,0 +1,72 @@
+"""``fiberscope report DIR``: one HTML page for every fiber result (``record.json``) under a directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..utils import atomic_write_text
+from .html import Report
+
+__all__ = ["find_results", "write_results_report"]
+
+
+def find_results(root: Path) -> list[Path]:
+    """Directories under ``root`` (itself included) holding a complete result (``record.json``)."""
+    return sorted(p.parent for p in root.rglob("record.json"))
+
+
+def _describe(cfg: dict[str, Any], key: str) -> str:
+    v = cfg.get(key) or {}
+    if isinstance(v, dict):
+        name = v.get("name", "?")
+        layer = v.get("layer")
+        return f"{name}" + (f" [{layer}]" if layer else "")
+    return str(v)
+
+
+def write_results_report(results: Path | str, out: Path | str | None = None, title: str | None = None) -> Path:
+    """Write ``report.html`` for the results under ``results``; returns its path."""
+    from ..api import FiberSamples
+
+    root = Path(results)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results directory {root} does not exist")
+    dirs = find_results(root)
+    if not dirs:
+        raise FileNotFoundError(f"no fiberscope results (record.json) under {root}")
+    rep = Report(title or f"fiberscope results: {root.name}", f"{len(dirs)} fiber(s) under {root.resolve()}")
+    rep.paragraph(
+        "Each grid shows the query, then its fiber samples with their fiber loss (squared L2 distance "
+        "between the sample's features and the query's, unless stated otherwise). What varies across the "
+        "samples is what the subject ignores.",
+        cls="note",
+    )
+    summary: list[list[Any]] = []
+    for d in dirs:
+        rel = os.path.relpath(d, root)
+        try:
+            res = FiberSamples.load(d)
+        except Exception as e:  # a damaged result must not hide the others
+            rep.heading(rel, level=3)
+            rep.paragraph(f"could not read this result: {type(e).__name__}: {e}", cls="warn")
+            summary.append([rel, "unreadable", "", "", ""])
+            continue
+        cfg = res.config
+        method = (cfg.get("method") or {}).get("method", "?")
+        rep.heading(rel if rel != "." else root.name, level=3)
+        rep.paragraph(
+            f"subject {_describe(cfg, 'subject')} · prior {_describe(cfg, 'prior')} · method {method} · "
+            f"{len(res)} samples · {res.timings.get('total', 0):.1f} s"
+        )
+        rep.figure(res.grid(), "query | fiber samples")
+        fl = res.fiber_loss
+        summary.append([rel, _describe(cfg, "subject"), method, float(fl.mean()), float(fl.min())])
+        rep.details("record.json", json.dumps(res.record(), indent=1)[:20000])
+    rep.heading("Summary")
+    rep.table(["result", "subject", "method", "fiber loss (mean)", "best"], summary)
+    path = Path(out) if out else root / "report.html"
+    atomic_write_text(path, rep.render())
+    return path

@@ -1,0 +1,199 @@
+"""Model cards: written from what training recorded (``training.json``) and what evaluation measured
+(``quality.json``), so every number in a card comes from a command that reproduces it."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..utils import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
+from .registry import ZOO, card_path, weights_dir
+
+__all__ = ["evaluate_and_record", "write_card"]
+
+THRESHOLDS = {"fd_ratio": 3.0, "mnist-cnn": 0.985, "fashion-cnn": 0.89}
+#: the small rerun recorded beside every prior's figures, reproduced by the test suite
+SMALL_CHECK = {"n": 100, "steps": 10}
+
+
+def _sample_grid(images: torch.Tensor, path: Path, ncol: int = 16) -> None:
+    from ..report.grid import captioned_grid
+
+    imgs = list(images[: 4 * ncol])
+    rows = [imgs[i : i + ncol] for i in range(0, len(imgs), ncol)]
+    img = captioned_grid(rows, data_range=(-1, 1), scale=2, pad=2)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def evaluate_and_record(
+    name: str, *, n: int = 1000, steps: int | None = None, seed: int = 0, write: bool = True, progress: bool = True
+) -> dict[str, Any]:
+    """Run :func:`fiberscope.zoo.evaluate.evaluate` and (by default) record it in ``quality.json``."""
+    from .evaluate import evaluate
+
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {"seed": seed, "progress": progress}
+    if ZOO[name].kind == "prior":
+        kwargs.update(n=n, steps=steps)
+    elif n != 1000:
+        kwargs["n"] = n
+    res = evaluate(name, **kwargs)
+    res["evaluation_seconds"] = time.perf_counter() - t0
+    if ZOO[name].kind == "prior":
+        # a cheap, deterministic rerun that the test suite reproduces (same command, small sample)
+        small = evaluate(name, n=SMALL_CHECK["n"], steps=SMALL_CHECK["steps"], seed=seed, progress=False)
+        small.pop("_images", None)
+        res["small_sample_check"] = {
+            **SMALL_CHECK,
+            **{k: small[k] for k in ("fd_samples_vs_real", "fd_real_vs_real", "fd_ratio")},
+        }
+    cmd = f"fiberscope zoo evaluate {name}"
+    if ZOO[name].kind == "prior":
+        cmd += f" --n {n}" + (f" --steps {steps}" if steps else "") + (f" --seed {seed}" if seed else "")
+    res["command"] = cmd
+    res["torch"] = torch.__version__
+    res["threads"] = torch.get_num_threads()
+    res["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    images = res.pop("_images", None)
+    if write:
+        atomic_write_json(weights_dir(name) / "quality.json", res)
+        if images is not None:
+            _sample_grid(images, card_path(name).with_name(f"{name}-samples.png"))
+    return res
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt_minutes(s: float) -> str:
+    return f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+def write_card(name: str) -> Path:
+    """Compose ``zoo/cards/NAME.md`` from the recorded training and quality figures."""
+    entry = ZOO[name]
+    d = weights_dir(name)
+    tr = _read(d / "training.json")
+    q = _read(d / "quality.json")
+    size = sum(f.stat().st_size for f in d.rglob("*.safetensors"))
+    lines = [f"# builtin:{name}", "", entry.summary + ".", ""]
+    lines += [
+        "| | |",
+        "|---|---|",
+        f"| kind | {entry.kind} |",
+        f"| data | {entry.dataset} (train split) |",
+        f"| weights | {size / 1e6:.1f} MB safetensors in `zoo/weights/{name}/` |",
+    ]
+    if entry.kind == "subject":
+        lines.append(
+            f"| layers | {', '.join(f'`{x}`' for x in entry.layers)} (default: "
+            f"{'`' + entry.default_layer + '`' if entry.default_layer else 'the model output'}) |"
+        )
+    lines.append("")
+    lines += ["## Training", ""]
+    if tr:
+        hw = "; ".join(tr.get("hardware", [])) or "unknown"
+        cfg = tr.get("train_config", {})
+        lines += [
+            f"- Command: `{tr['command']}` (resumable; checkpoints in `~/.cache/fiberscope/train/{name}`).",
+            f"- Steps: {tr['steps']} at batch {cfg.get('batch_size')}, AdamW lr {cfg.get('lr')}, "
+            f"EMA {cfg.get('ema')}, seed {cfg.get('seed')}.",
+            f"- Wall time: {_fmt_minutes(tr.get('total_wall_seconds', tr['wall_seconds']))} on {hw}.",
+            f"- Finished {tr.get('finished')}; torch {tr.get('torch')}; final training loss {tr.get('final_loss')}.",
+            "",
+        ]
+        recipe = tr.get("recipe", {})
+        lines += [
+            "Recipe (from `fiberscope.zoo.recipes.RECIPES`):",
+            "",
+            "```json",
+            json.dumps(jsonable(recipe), indent=1),
+            "```",
+            "",
+        ]
+    else:
+        lines += ["Not recorded.", ""]
+    lines += ["## Quality", ""]
+    if q:
+        lines += [
+            f"Measured by `{q['command']}` ({q['date']}, torch {q['torch']}, {q['threads']} threads, "
+            f"{q['evaluation_seconds']:.0f} s).",
+            "",
+        ]
+        if entry.kind == "prior":
+            ok = "meets" if q["fd_ratio"] <= THRESHOLDS["fd_ratio"] else "does NOT meet"
+            lines += [
+                f"Fréchet distance in the logit space of `{q['judge']}`, {q['n']} samples against {q['n']} real "
+                "test images, beside the same distance between two disjoint sets of real test images:",
+                "",
+                "| Fréchet distance | value |",
+                "|---|---|",
+                f"| samples vs real | {q['fd_samples_vs_real']:.3f} |",
+                f"| real vs real | {q['fd_real_vs_real']:.3f} |",
+                f"| ratio | **{q['fd_ratio']:.2f}** ({ok} the ≤ {THRESHOLDS['fd_ratio']:.0f}× target) |",
+                "",
+                f"Unguided sampling: {json.dumps(q['sampling'])}, {q['seconds_per_sample'] * 1000:.0f} ms per "
+                f"sample. Class frequencies of the samples (judge's argmax): {q['class_frequencies']}.",
+                "",
+            ]
+            if "samples_colour_kl" in q:
+                lines += [
+                    "Background colours against the true mixture (100 bins, mean over RGB):",
+                    "",
+                    "| | colour KL | colour W1 | dev |",
+                    "|---|---|---|---|",
+                    f"| samples | {q['samples_colour_kl']:.3f} | {q['samples_colour_w1']:.4f} | "
+                    f"{q['samples_dev']:.3f} |",
+                    f"| real test images | {q['real_colour_kl']:.3f} | {q['real_colour_w1']:.4f} | "
+                    f"{q['real_dev']:.3f} |",
+                    "",
+                ]
+            sc = q.get("small_sample_check")
+            if sc:
+                lines += [
+                    f"Small-sample check (reproduced by the test suite): `fiberscope zoo evaluate {name} "
+                    f"--n {sc['n']} --steps {sc['steps']} --no-write` gives samples-vs-real "
+                    f"{sc['fd_samples_vs_real']:.3f}, real-vs-real {sc['fd_real_vs_real']:.3f}.",
+                    "",
+                ]
+            lines += [
+                f"![samples]({name}-samples.png)",
+                "",
+                "Classifier confidence is reported only as context: a classifier is confidently wrong on "
+                "stroke squiggles, so it is not a quality measure; the Fréchet ratio and the grid are.",
+                "",
+            ]
+        elif "test_accuracy" in q:
+            target = THRESHOLDS.get(name)
+            lines += [
+                f"Test accuracy on the {q['n']:,} test images: **{100 * q['test_accuracy']:.2f}%**"
+                + (f" (target ≥ {100 * target:.1f}%)." if target else "."),
+                "",
+            ]
+        else:
+            lines += [
+                f"- Reconstruction MSE of the training autoencoder on test digits: {q['reconstruction_mse']:.4f}",
+                f"- Largest change of the embedding under recolouring: {q['recolouring_max_abs_change']:.2e} "
+                f"(embedding RMS {q['embedding_rms']:.3f}): invariant up to float rounding.",
+                "",
+            ]
+    else:
+        lines += ["Not measured yet: run `fiberscope zoo evaluate " + name + "`.", ""]
+    lines += [
+        "## Intended use",
+        "",
+        "Offline demos, tests and tutorials of fiberscope, and small-scale experiments on MNIST-like data. "
+        "Not a model of any real-world population.",
+        "",
+    ]
+    path = card_path(name)
+    atomic_write_text(path, "\n".join(lines))
+    return path
