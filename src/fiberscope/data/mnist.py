@@ -29,6 +29,7 @@ import numpy as np
 __all__ = [
     "DATASETS",
     "cache_dir",
+    "download_with_torchvision",
     "fetch_mnist",
     "find_idx_dir",
     "load_dataset",
@@ -131,8 +132,21 @@ def find_idx_dir(name: str, split: str, root: str | os.PathLike[str] | None = No
     return None
 
 
+def download_with_torchvision(name: str, dest: str | os.PathLike[str] | None = None) -> Path:
+    """Download ``name`` with torchvision (where the network allows it); returns the idx directory."""
+    try:
+        from torchvision import datasets
+    except ImportError:
+        raise RuntimeError("download=True needs torchvision: pip install 'fiberscope[torchvision]'") from None
+    root = Path(dest) if dest is not None else cache_dir() / "torchvision"
+    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+    for train in (True, False):
+        cls(str(root), train=train, download=True)
+    return root / cls.__name__ / "raw"
+
+
 def load_dataset(
-    name: str, split: str = "test", root: str | os.PathLike[str] | None = None
+    name: str, split: str = "test", root: str | os.PathLike[str] | None = None, download: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load ``(images uint8 [N, 28, 28], labels int64 [N])`` of MNIST or Fashion-MNIST.
 
@@ -141,12 +155,15 @@ def load_dataset(
         split: ``"train"`` or ``"test"``. The test splits ship with fiberscope.
         root: a directory with the idx files; by default the cache, the Debian data set
             locations and the bundled files are searched.
+        download: if the split is not found, download it with torchvision (needs the network).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {sorted(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     d = find_idx_dir(name, split, root)
+    if d is None and download:
+        d = find_idx_dir(name, split, download_with_torchvision(name, root))
     if d is None:
         where = f" in {root}" if root is not None else ""
         raise FileNotFoundError(f"{name} {split} split not found{where}: {_HOW_TO_GET[name]}")
@@ -158,16 +175,18 @@ def load_dataset(
     return images, labels
 
 
-def load_mnist(split: str = "test", root: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(
+    split: str = "test", root: str | os.PathLike[str] | None = None, download: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """MNIST digits, uint8 [N, 28, 28] and int64 labels. See :func:`load_dataset`."""
-    return load_dataset("mnist", split, root)
+    return load_dataset("mnist", split, root, download)
 
 
 def load_fashion_mnist(
-    split: str = "test", root: str | os.PathLike[str] | None = None
+    split: str = "test", root: str | os.PathLike[str] | None = None, download: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST, uint8 [N, 28, 28] and int64 labels. See :func:`load_dataset`."""
-    return load_dataset("fashion-mnist", split, root)
+    return load_dataset("fashion-mnist", split, root, download)
 
 
 def fetch_mnist(dest: str | os.PathLike[str] | None = None) -> Path:

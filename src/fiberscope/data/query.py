@@ -40,24 +40,45 @@ def _read_file(path: Path) -> np.ndarray | Any:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
+            _check_npy_size(path)
             return np.load(path, allow_pickle=False)
-        except Exception as e:
+        except Exception as e:  # any failure to parse the file is a bad file, never a crash
             raise QueryError(
-                f"query file {path} is not a readable .npy array ({type(e).__name__}: {e}); "
+                f"query file {path} is not a readable .npy array ({type(e).__name__}: {_short(e)}); "
                 "save it with numpy.save(path, array) (object arrays are refused)"
             ) from None
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, DecompressionBombError...
         kind = "truncated or corrupt" if suffix in IMAGE_SUFFIXES else "not an image"
         raise QueryError(
-            f"query file {path} is {kind} ({type(e).__name__}: {e}); supported: PNG, JPEG and other "
-            "formats Pillow reads, or .npy arrays"
+            f"query file {path} is {kind} ({type(e).__name__}: {_short(e)}); re-export it; supported: PNG, "
+            "JPEG and other formats Pillow reads, or .npy arrays"
         ) from None
+
+
+def _short(e: BaseException) -> str:
+    s = " ".join(str(e).split())
+    return s if len(s) <= 200 else s[:199] + "…"
+
+
+def _check_npy_size(path: Path) -> None:
+    """Refuse a .npy whose header promises more data than the file holds (before allocating it)."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        major, _ = fmt.read_magic(f)
+        if major == 1:
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        have = path.stat().st_size - f.tell()
+    if have < need:
+        raise ValueError(f"truncated: the header announces {need} data bytes, the file holds {have}")
 
 
 def image_to_tensor(img: Any) -> torch.Tensor:
