@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev
+EXTRAS ?= dev,timm,clip,transformers,ray
 STAMP := $(VENV)/.fiberscope-$(EXTRAS)
 DEMO_OUT ?= demo-out
 

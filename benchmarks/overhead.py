@@ -111,18 +111,29 @@ def main() -> None:
         ("plain prior forwards", plain_prior, t_prior),
         ("plain subject forwards (per sample)", plain_subject, t_subject),
     ]
-    print(f"overhead: NDTM K={args.steps} N={args.inner}, batch {n}, 28×28 UNet (random), SmallCNN penultimate, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"overhead: NDTM K={args.steps} N={args.inner}, batch {n}, 28×28 UNet (random), SmallCNN penultimate, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print(f"{'call':38s} {'count':>7s} {'s each':>9s} {'s total':>9s}")
     for name, c, t in rows:
         print(f"{name:38s} {c:7.1f} {t:9.4f} {c * t:9.3f}")
     print(f"{'raw network time':38s} {'':7s} {'':9s} {raw:9.3f}")
     print(f"{'sample_fiber wall time (best of ' + str(args.repeats) + ')':38s} {'':7s} {'':9s} {wall:9.3f}")
     print(f"ratio {ratio:.3f}")
-    res = {"ratio": ratio, "wall_s": wall, "raw_s": raw, "walls": walls, "counts": counts,
-           "per_call_s": {"guided": t_guided, "prior": t_prior, "subject": t_subject},
-           "settings": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "machine": platform.machine(), "processor": platform.processor()}
+    res = {
+        "ratio": ratio,
+        "wall_s": wall,
+        "raw_s": raw,
+        "walls": walls,
+        "counts": counts,
+        "per_call_s": {"guided": t_guided, "prior": t_prior, "subject": t_subject},
+        "settings": vars(args),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
 

@@ -6,6 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+# One intra-op thread: the test models are tiny, and on a machine busy with other work (a training
+# run, another test session) multi-threaded kernels can be tens of times slower than one thread.
+torch.set_num_threads(1)
+
 
 def tiny_unet(channels: int = 1, size: int = 8, out_channels: int | None = None, seed: int = 0):
     from diffusers import UNet2DModel

@@ -13,7 +13,21 @@ Example:
 __version__ = "0.1.0"
 
 from .api import FiberSamples, sample_fiber
-from .guidance import NDTM, FiberObjective, GuidanceError, GuidanceMethod, SampleNoise, Trajectory, Unguided
+from .guidance import (
+    DPS,
+    MPGD,
+    NDTM,
+    TFG,
+    UGD,
+    FiberObjective,
+    FreeDoM,
+    GuidanceError,
+    GuidanceMethod,
+    PixelOptimization,
+    SampleNoise,
+    Trajectory,
+    Unguided,
+)
 from .losses import LOSSES, fiber_loss
 from .priors import (
     CallablePrior,
@@ -29,18 +43,24 @@ from .priors import (
 from .subjects import Subject, SubjectGradientError, load_subject
 
 __all__ = [
+    "DPS",
     "LOSSES",
+    "MPGD",
     "NDTM",
+    "TFG",
+    "UGD",
     "CallablePrior",
     "Denoised",
     "FiberObjective",
     "FiberSamples",
     "FlowSchedule",
+    "FreeDoM",
     "GaussianMixturePrior",
     "GaussianPrior",
     "GuidanceError",
     "GuidanceMethod",
     "ModelNotAvailableError",
+    "PixelOptimization",
     "Prior",
     "SampleNoise",
     "Subject",

@@ -212,6 +212,31 @@ class FiberSamples:
         )
 
 
+def _check_subject_accepts(subj: Subject, q: torch.Tensor, prior: Prior) -> None:
+    """One forward pass on the query: a shape/channel mismatch or NaN features get a clear error here."""
+    from .data.query import QueryError
+
+    try:
+        with torch.no_grad():
+            out = subj(q, prior.data_range)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as e:
+        first = " ".join(str(e).split())[:200]
+        raise QueryError(
+            f"subject {getattr(subj, 'name', 'subject')!r} cannot take the prior's images (shape "
+            f"{tuple(q.shape[1:])}): {first}; pair it with a prior of the channel count and size it expects, "
+            "or give it a preprocessing that resizes / converts channels"
+        ) from None
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and not torch.isfinite(out).all():
+        from .subjects.base import SubjectGradientError
+
+        raise SubjectGradientError(
+            f"subject {getattr(subj, 'name', 'subject')!r} returns NaN/inf features for the query: fix the "
+            "operations in φ that can produce them (log of 0, division by 0) or check its weights"
+        )
+
+
 def _progress(total: int, enabled: bool, desc: str) -> Any:
     if not enabled or not is_rank_zero():
         return None
@@ -285,6 +310,7 @@ def sample_fiber(
     bs = batch_size or n
 
     timings: dict[str, float] = {}
+    _check_subject_accepts(subj, q, prior_obj)
     if method.needs_gradients:
         check_gradients(subj, q, prior_obj.data_range)
     counter = CallCounter()

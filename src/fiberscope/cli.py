@@ -1,14 +1,22 @@
 """The ``fiberscope`` command (also ``python -m fiberscope``).
 
+Every command takes ``--config FILE`` (YAML or TOML, ``{option: value}``; flags given on the
+command line win), ``--quiet`` (no progress bars) and ``--debug`` (full tracebacks), and its
+``--help`` ends with examples. Errors are one line on stderr naming the problem and the fix.
+
 Exit codes:
     0  success
     1  unexpected internal error (a bug: please report it with the traceback from ``--debug``)
-    2  usage error (bad flags or option values)
-    3  bad input: a missing/corrupt/mis-shaped image, an unknown or uncached model id, a bad manifest
-    4  numerical failure: NaN/inf in the guidance, or a subject that passes no gradient
-    5  partial failure: some work units of an audit failed (the others finished and are saved)
-    6  output problem: the output directory cannot be written (permissions, full disk)
-    130 interrupted (Ctrl-C); finished units are kept, the current one is discarded cleanly
+    2  usage error (bad flags, option values or config file)
+    3  bad input: a missing/corrupt/truncated or mis-shaped image, an unknown or uncached model id,
+       an unreadable manifest or one without a valid unit
+    4  numerical failure: NaN/inf in the guidance, or a subject that passes no gradient (or NaN)
+    5  partial failure: some work units of an audit failed or some manifest lines were malformed;
+       the other units finished and are saved (when no unit of the run finished, the first
+       failure's own code is used instead)
+    6  output problem: the output directory cannot be written (permissions, full disk, read-only)
+    130 interrupted (Ctrl-C, or SIGTERM during an audit): finished results are kept, the unit in
+       progress is discarded cleanly; run the same command again to resume
 """
 
 from __future__ import annotations
@@ -66,23 +74,37 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> None:
-    """Fill options that were not given on the command line from ``--config``."""
-    path = getattr(args, "config", None)
-    if not path:
-        return
+def _config_defaults(parser: argparse.ArgumentParser, path: str | os.PathLike[str]) -> None:
+    """Make the options in ``path`` the defaults of ``parser``, so that flags on the command line win.
+
+    Values are checked like command-line values: ``type`` conversion of strings, ``choices``, and
+    booleans for switches; unknown names are refused with the list of valid ones.
+    """
     cfg = load_config_file(path)
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-    valid = {a.dest for a in parser._actions}
-    unknown = sorted(set(cfg) - valid)
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    unknown = sorted(set(cfg) - set(actions))
     if unknown:
-        raise CLIError(
-            f"config file {path}: unknown option(s) {unknown}; valid: {sorted(valid - {'help', 'config'})}",
-            EXIT["usage"],
-        )
+        raise CLIError(f"config file {path}: unknown option(s) {unknown}; valid: {sorted(actions)}", EXIT["usage"])
+    defaults: dict[str, Any] = {}
     for k, v in cfg.items():
-        if k not in given:
-            setattr(args, k, v)
+        a = actions[k]
+        flag = a.option_strings[-1] if a.option_strings else k
+        if not a.option_strings and a.nargs in ("+", "*"):
+            raise CLIError(f"config file {path}: {k!r} must be given on the command line", EXIT["usage"])
+        if a.nargs == 0 or isinstance(a, argparse.BooleanOptionalAction):  # switches
+            if not isinstance(v, bool):
+                raise CLIError(f"config file {path}: {k} must be true or false, got {v!r}", EXIT["usage"])
+        elif v is not None and a.type is not None and not isinstance(v, (list, dict)):
+            try:
+                v = a.type(v if isinstance(v, str) else str(v))  # type: ignore[operator]
+            except (TypeError, ValueError):
+                raise CLIError(
+                    f"config file {path}: {k} = {v!r} is not a valid value for {flag}", EXIT["usage"]
+                ) from None
+        if a.choices is not None and v is not None and v not in a.choices:
+            raise CLIError(f"config file {path}: {k} = {v!r}; choose from {sorted(map(str, a.choices))}", EXIT["usage"])
+        defaults[k] = v
+    parser.set_defaults(**defaults)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,10 +195,10 @@ def method_from_spec(spec: Any, overrides: dict[str, Any] | None = None, prior_n
 def _default_preset(prior_name: str | None) -> str | None:
     if not prior_name or not str(prior_name).startswith("builtin:"):
         return None
-    from fiberscope.guidance.ndtm import PRESETS
+    from fiberscope.zoo.registry import ZOO
 
-    key = "builtin-" + str(prior_name).removeprefix("builtin:").replace("-ddpm", "")
-    return key if key in PRESETS else None
+    entry = ZOO.get(str(prior_name).removeprefix("builtin:"))
+    return entry.preset if entry is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,7 +208,8 @@ def _default_preset(prior_name: str | None) -> str | None:
 def cmd_sample(args: argparse.Namespace) -> int:
     import fiberscope as fs
 
-    from .data.query import IMAGE_SUFFIXES
+    from .audit.runner import ModelCache, RunOptions
+    from .data.query import IMAGE_SUFFIXES, load_query
 
     if not args.subject or not args.prior:
         raise CLIError("sample needs --subject and --prior (on the command line or in --config)", EXIT["usage"])
@@ -203,24 +226,33 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable(out)
     method = method_from_args(args, args.prior)
+    # models are loaded once for all queries; every query is checked before any sampling starts
+    cache = ModelCache(
+        RunOptions(device=args.device, dtype=args.dtype, trust_pickle=bool(getattr(args, "trust_pickle", False)))
+    )
+    prior = cache.prior(args.prior)
+    subject = cache.subject(args.subject, args.layer)
+    shape = tuple(getattr(prior, "image_shape", None) or prior.data_shape)
     for q in queries:
+        load_query(q, image_shape=shape, data_range=prior.data_range)
+    names = [q.stem for q in queries]
+    dirs = [out / (n if names.count(n) == 1 else f"{n}{q.suffix.replace('.', '_')}") for n, q in zip(names, queries)]
+    for q, d in zip(queries, dirs):
         res = fs.sample_fiber(
-            args.subject,
+            subject,
             q,
-            args.prior,
+            prior,
             n=args.n,
             method=method,
             seed=args.seed,
-            layer=args.layer,
             batch_size=args.batch_size,
-            device=args.device,
-            dtype=args.dtype,
+            device=cache.device,
             progress=not args.quiet,
         )
-        d = res.save(out / q.stem if len(queries) > 1 else out)
+        saved = res.save(d if len(queries) > 1 else out)
         print(
             f"{q}: fiber loss {res.metric} mean {float(res.fiber_loss.mean()):.4g} "
-            f"(min {float(res.fiber_loss.min()):.4g}) -> {d}"
+            f"(min {float(res.fiber_loss.min()):.4g}) -> {saved}"
         )
     if args.report:
         from .report.results import write_results_report
@@ -304,17 +336,21 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from .subjects import list_layers, load_subject
+    # Library specs list their own choices first (torchvision graph nodes, timm feature_info indices,
+    # hf cls/mean/hidden:N, ...), then module paths; built without weights, so nothing needs caching
+    # except an hf: model's config.
+    from .subjects.registry import subject_layers
 
-    subject = load_subject(args.spec)
-    model = getattr(subject, "fn", None)
-    base = getattr(model, "model", model)
-    if base is None:
-        raise CLIError(f"{args.spec} is not a module; it has no named layers")
-    for name, cls in list_layers(base):
-        if args.filter and args.filter not in name:
+    try:
+        rows = subject_layers(args.spec)
+    except ValueError as e:
+        if "not a module" in str(e):
+            raise CLIError(f"{args.spec} is not a module; it has no named layers") from None
+        raise
+    for name, what in rows:
+        if args.filter and args.filter not in name and args.filter not in what:
             continue
-        print(f"{name}  ({cls})")
+        print(f"{name}  ({what})")
     return 0
 
 
@@ -414,6 +450,11 @@ fiberscope sample q.png --config audit.yaml     # options from a file""",
     p.add_argument("--dtype", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
     p.add_argument("--out", default="fiber-out", help="output directory (default fiber-out)")
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.html")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow pickle checkpoints (they can run code: only for files you trust; safetensors never need it)",
+    )
     add_method_args(p)
 
     p = _sub(
@@ -442,28 +483,52 @@ fiberscope zoo card mnist-ddpm                          # rewrite the card from 
         cmd_zoo,
     )
     zs = p.add_subparsers(dest="zoo_cmd", metavar="ZOO_COMMAND")
-    zs.add_parser("list", help="list the built-in models")
-    t = zs.add_parser("train", help="train (or continue training) one entry")
+    zs.add_parser(
+        "list", help="list the built-in models", epilog="example:\n  fiberscope zoo list", formatter_class=_Fmt
+    )
+    t = zs.add_parser(
+        "train",
+        help="train (or continue training) one entry",
+        epilog="example:\n  fiberscope zoo train mnist-ddpm --max-minutes 60   # run again to continue",
+        formatter_class=_Fmt,
+    )
     t.add_argument("name")
     t.add_argument("--workdir", help="checkpoint directory (default ~/.cache/fiberscope/train/NAME)")
     t.add_argument("--data", help="directory with the training split's idx files")
     t.add_argument("--max-minutes", type=float, help="stop after this long; run again to resume")
     t.add_argument("--steps", type=int, help="override the recipe's number of steps")
     t.add_argument("--threads", type=int, help="CPU threads for torch")
-    e = zs.add_parser("evaluate", help="measure the quality figures written in the model card")
+    e = zs.add_parser(
+        "evaluate",
+        help="measure the quality figures written in the model card",
+        epilog="example:\n  fiberscope zoo evaluate mnist-ddpm --n 1000",
+        formatter_class=_Fmt,
+    )
     e.add_argument("name")
     e.add_argument("--n", type=int, default=1000)
     e.add_argument("--steps", type=int)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-write", action="store_true", help="print only; do not update the recorded figures")
     e.add_argument("--quiet", "-q", action="store_true")
-    c = zs.add_parser("card", help="write the model card from the recorded training and quality figures")
+    c = zs.add_parser(
+        "card",
+        help="write the model card from the recorded training and quality figures",
+        epilog="example:\n  fiberscope zoo card mnist-ddpm",
+        formatter_class=_Fmt,
+    )
     c.add_argument("name")
-    x = zs.add_parser("export", help="export the EMA weights of an unfinished pixel-prior training")
+    x = zs.add_parser(
+        "export",
+        help="export the EMA weights of an unfinished pixel-prior training",
+        epilog="example:\n  fiberscope zoo export mnist-ddpm --out my-mnist-ddpm/",
+        formatter_class=_Fmt,
+    )
     x.add_argument("name")
     x.add_argument("--workdir")
     x.add_argument("--out")
-    s = zs.add_parser("show", help="print a model card")
+    s = zs.add_parser(
+        "show", help="print a model card", epilog="example:\n  fiberscope zoo show mnist-cnn", formatter_class=_Fmt
+    )
     s.add_argument("name")
 
     p = _sub(
@@ -513,17 +578,22 @@ def register_command(fn: Callable[[Any], None]) -> Callable[[Any], None]:
 def _error_code(e: BaseException) -> tuple[int, str]:
     from .data.query import QueryError
     from .guidance.base import GuidanceError
-    from .priors.loading import ModelNotAvailableError
+    from .priors.loading import ModelNotAvailableError, PickleRefusedError
     from .subjects.base import SubjectGradientError
 
     if isinstance(e, CLIError):
         return e.code, str(e)
+    if isinstance(e, PickleRefusedError):
+        return EXIT["input"], str(e).replace("pass trust_pickle=True", "pass --trust-pickle")
     if isinstance(e, (SubjectGradientError, GuidanceError)):
         return EXIT["numeric"], str(e)
     if isinstance(e, (QueryError, ModelNotAvailableError, FileNotFoundError)):
         return EXIT["input"], str(e)
+    if isinstance(e, OSError) and getattr(e, "is_output_error", False):  # fiberscope.audit.OutputWriteError
+        return EXIT["output"], f"cannot write output: {e.strerror}; free space, fix permissions or choose another --out"
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-        return EXIT["output"], f"cannot write output: {e.strerror} ({e.filename}); free space or choose another --out"
+        where = f" ({e.filename})" if e.filename else ""
+        return EXIT["output"], f"cannot write output: {e.strerror}{where}; free space or choose another --out"
     if isinstance(e, ValueError):
         return EXIT["usage"], str(e)
     return EXIT["internal"], f"internal error {type(e).__name__}: {e} (rerun with --debug for the traceback)"
@@ -538,8 +608,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT["usage"]
     try:
-        sub = _subparser(parser, args.command)
-        _apply_config(sub, args, argv)
+        if getattr(args, "config", None):
+            _config_defaults(_subparser(parser, args.command), args.config)
+            args = parser.parse_args(argv)  # again: the file's values are now defaults, flags win
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
         print("fiberscope: interrupted; finished results are kept", file=sys.stderr)
@@ -548,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         code, msg = _error_code(e)
-        print(f"fiberscope {args.command}: error: {msg}", file=sys.stderr)
+        print(f"fiberscope {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
         return code
 
 

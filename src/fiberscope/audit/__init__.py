@@ -1,0 +1,36 @@
+"""Audits at scale: manifests of work units, sharding, resume, and the optional Ray engine.
+
+``fiberscope audit MANIFEST --out DIR`` is the command; these are the pieces it is built from.
+
+Example:
+    >>> from fiberscope.audit import read_manifest, resolve_shard, run_audit     # doctest: +SKIP
+    >>> man = read_manifest("audit.jsonl")                                       # doctest: +SKIP
+    >>> run = run_audit(man, "audit-out", shard=resolve_shard())                 # doctest: +SKIP
+    >>> run.counts(), [e.line for e in man.errors]                               # doctest: +SKIP
+"""
+
+from .manifest import Manifest, ManifestError, ManifestLineError, WorkUnit, parse_manifest, read_manifest
+from .runner import AuditRun, ModelCache, OutputWriteError, RunOptions, UnitResult, run_audit, run_unit, write_summary
+from .sharding import ShardError, ShardInfo, resolve_shard, shard_units, split_units
+
+__all__ = [
+    "AuditRun",
+    "Manifest",
+    "ManifestError",
+    "ManifestLineError",
+    "ModelCache",
+    "OutputWriteError",
+    "RunOptions",
+    "ShardError",
+    "ShardInfo",
+    "UnitResult",
+    "WorkUnit",
+    "parse_manifest",
+    "read_manifest",
+    "resolve_shard",
+    "run_audit",
+    "run_unit",
+    "shard_units",
+    "split_units",
+    "write_summary",
+]

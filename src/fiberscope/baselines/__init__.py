@@ -1,0 +1,70 @@
+"""Trained invariance models: the approaches a single guided generation is claimed to replace.
+
+The fiber paper says NDTM "replaces days of training for invariance learning with a single guided
+generation procedure at comparable fidelity". To test that on this scale, fiberscope carries the
+trained approaches, on the same subjects, queries and metrics (``docs/trained-baselines.md``):
+
+* **conditional fiber models** (the paper's Approach B): a conditional generative model of the
+  colour-MNIST VAE latent given φ = ``builtin:colorblind-mnist``, trained with its own loss +
+  λ·RMS fiber loss, λ ∈ {0, 1, 10, 100} — conditional flow matching (``cfm-l{λ}``) and a
+  conditional coupling flow (``cflow-l{λ}``);
+* **FeatInv-style** feature inversion (``featinv-mnist``): a diffusion UNet conditioned on the 7×7
+  feature map of ``builtin:mnist-cnn``;
+* **supervised VAE with nuisance dimensions** (``svae-mnist``): invariances of its *own* head;
+* **conditional INN invariances** of Rombach et al. (``cinn-colorblind``, ``cinn-mnist-cnn``).
+
+Train with ``fiberscope baselines train NAME`` (or ``all``); weights go to
+``~/.cache/fiberscope/baselines/NAME`` (``$FIBERSCOPE_BASELINES_DIR`` or ``--root`` to change).
+:class:`TrainedBaseline` makes any of them a guidance method for ``fs.sample_fiber`` and
+``fiberscope bench`` (``{name: trained, model: cfm-l10}``). Importing this package also registers
+the ``baseline:`` subject prefix (``baseline:svae-mnist``: the supervised VAE's own classifier).
+
+Example:
+    >>> import fiberscope as fs
+    >>> from fiberscope.baselines import TrainedBaseline
+    >>> out = fs.sample_fiber("builtin:colorblind-mnist", query, "builtin:colormnist-latent", n=8,  # doctest: +SKIP
+    ...                       method=TrainedBaseline("cflow-l10"), seed=0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..subjects.registry import SUBJECT_PREFIXES
+from .cfm import ConditionalFlowMatching
+from .common import BaselineNotTrainedError, Codec, baselines_root, model_dir
+from .featinv import FeatInvUNet
+from .flows import ConditionalINN
+from .model import TrainedBaseline, TrainedModel, load_baseline, load_baseline_subject
+from .recipes import RECIPES, TRAIN_ORDER, train, train_all
+from .svae import SupervisedVAE, SVAEHead
+
+__all__ = [
+    "RECIPES",
+    "TRAIN_ORDER",
+    "BaselineNotTrainedError",
+    "Codec",
+    "ConditionalFlowMatching",
+    "ConditionalINN",
+    "FeatInvUNet",
+    "SVAEHead",
+    "SupervisedVAE",
+    "TrainedBaseline",
+    "TrainedModel",
+    "baselines_root",
+    "load_baseline",
+    "load_baseline_subject",
+    "model_dir",
+    "train",
+    "train_all",
+]
+
+
+def _baseline_subject(name: str, layer: Any, input_range: tuple[float, float] | None, **options: Any) -> Any:
+    root = options.pop("root", None)
+    if options:
+        raise TypeError(f"baseline:{name} takes only root= (got {sorted(options)})")
+    return load_baseline_subject(name, layer, root=root)
+
+
+SUBJECT_PREFIXES.setdefault("baseline", _baseline_subject)

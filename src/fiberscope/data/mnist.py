@@ -15,12 +15,14 @@ Example:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +89,11 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(f"{path} is not a readable gzip file ({type(e).__name__}: {e}); download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path} is not an idx file (bad magic number); expected MNIST-style idx data")
     dtype_code, ndim = raw[2], raw[3]
@@ -100,10 +105,11 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise ValueError(f"{path}: truncated idx header")
     shape = struct.unpack(">" + "I" * ndim, raw[4:header])
     dt = np.dtype(dtypes[dtype_code])
-    need = int(np.prod(shape)) * dt.itemsize
+    count = math.prod(shape)  # Python ints: no overflow for absurd headers
+    need = count * dt.itemsize
     if len(raw) - header < need:
         raise ValueError(f"{path}: truncated idx file ({len(raw) - header} of {need} data bytes)")
-    return np.frombuffer(raw, dtype=dt, count=int(np.prod(shape)), offset=header).reshape(shape).copy()
+    return np.frombuffer(raw, dtype=dt, count=count, offset=header).reshape(shape).copy()
 
 
 def _find_file(directory: Path, stem: str) -> Path | None:

@@ -34,7 +34,7 @@ class QueryError(ValueError):
 
 def _read_file(path: Path) -> np.ndarray | Any:
     if not path.exists():
-        raise QueryError(f"query file {path} does not exist")
+        raise QueryError(f"query file {path} does not exist; check the path (in a manifest, relative to its folder)")
     if path.stat().st_size == 0:
         raise QueryError(f"query file {path} is empty (0 bytes): re-export the image")
     suffix = path.suffix.lower()
@@ -71,10 +71,10 @@ def _check_npy_size(path: Path) -> None:
     fmt = np.lib.format
     with open(path, "rb") as f:
         major, _ = fmt.read_magic(f)
-        if major == 1:
-            shape, _, dtype = fmt.read_array_header_1_0(f)
-        else:
-            shape, _, dtype = fmt.read_array_header_2_0(f)
+        if major not in (1, 2):
+            return  # newer versions: np.load checks them
+        read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+        shape, _, dtype = read(f)
         need = int(np.prod(shape, dtype=object)) * dtype.itemsize
         have = path.stat().st_size - f.tell()
     if have < need:

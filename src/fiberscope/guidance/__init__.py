@@ -1,21 +1,48 @@
-"""Guidance methods, one signature for all: ``method.run(prior, objective, x_init, generator, callback)``."""
+"""Guidance methods, one signature for all: ``method.run(prior, objective, x_init, generator, callback)``.
+
+NDTM (the paper's method), the training-free baselines it is compared with (DPS, FreeDoM, UGD, MPGD,
+TFG — one unified loop, :mod:`fiberscope.guidance.tfg`), prior-free pixel optimisation, and plain
+unguided sampling.
+"""
 
 from .base import FiberObjective, GuidanceError, GuidanceMethod, SampleNoise, StepRule, Trajectory
+from .dps import DPS
+from .freedom import FreeDoM
+from .mpgd import MPGD
 from .ndtm import NDTM, PRESETS, parse_gamma
+from .pixel_opt import PixelOptimization
+from .tfg import TFG, TrainingFreeGuidance
+from .ugd import UGD
 from .unguided import Unguided
 
 #: Guidance methods by name (``fiberscope sample --method NAME``, manifests, the bench).
-METHODS: dict[str, type[GuidanceMethod]] = {"ndtm": NDTM, "unguided": Unguided}
+METHODS: dict[str, type[GuidanceMethod]] = {
+    "ndtm": NDTM,
+    "unguided": Unguided,
+    "dps": DPS,
+    "freedom": FreeDoM,
+    "ugd": UGD,
+    "mpgd": MPGD,
+    "tfg": TFG,
+    "pixel_opt": PixelOptimization,
+}
 
 __all__ = [
+    "DPS",
     "METHODS",
+    "MPGD",
     "NDTM",
     "PRESETS",
+    "TFG",
+    "UGD",
     "FiberObjective",
+    "FreeDoM",
     "GuidanceError",
     "GuidanceMethod",
+    "PixelOptimization",
     "SampleNoise",
     "StepRule",
+    "TrainingFreeGuidance",
     "Trajectory",
     "Unguided",
     "parse_gamma",

@@ -21,7 +21,7 @@ import torch
 
 from ..losses import LossFn, get_loss
 
-__all__ = ["Neighbour", "embed", "nearest_neighbour"]
+__all__ = ["Neighbour", "embed", "nearest_neighbour", "nearest_neighbours"]
 
 
 @dataclass
@@ -59,6 +59,22 @@ def nearest_neighbour(
     """
     t = target.float().flatten(1).cpu()
     b = bank.float().flatten(1).cpu()
+    d, mask = _distances(t, b, exclude, query_image, bank_images, identity_threshold)
+    i = int(d.argmin())
+    loss = float(get_loss(metric)(b[i : i + 1], t)[0])
+    name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
+    return Neighbour(index=i, loss=loss, metric=name, excluded=int(mask.sum()))
+
+
+def _distances(
+    t: torch.Tensor,
+    b: torch.Tensor,
+    exclude: int | None,
+    query_image: torch.Tensor | None,
+    bank_images: torch.Tensor | None,
+    identity_threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared L2 distances with excluded entries set to +inf, and the exclusion mask."""
     d = ((b - t) ** 2).sum(1)
     mask = torch.zeros(len(b), dtype=torch.bool)
     if exclude is not None:
@@ -69,7 +85,33 @@ def nearest_neighbour(
     if bool(mask.all()):
         raise ValueError("every bank entry was excluded as identical to the query; give a larger bank")
     d[mask] = float("inf")
-    i = int(d.argmin())
-    loss = float(get_loss(metric)(b[i : i + 1], t)[0])
-    name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
-    return Neighbour(index=i, loss=loss, metric=name, excluded=int(mask.sum()))
+    return d, mask
+
+
+def nearest_neighbours(
+    target: torch.Tensor,
+    bank: torch.Tensor,
+    k: int,
+    *,
+    exclude: int | None = None,
+    query_image: torch.Tensor | None = None,
+    bank_images: torch.Tensor | None = None,
+    identity_threshold: float = 1e-4,
+) -> torch.Tensor:
+    """Indices ``[k]`` of the ``k`` bank entries closest to ``target`` in L2, nearest first.
+
+    The same exclusions as :func:`nearest_neighbour`. Used as a "sampler" baseline: the k real
+    images a model finds most similar to the query, judged with the same metrics as fiber samples.
+
+    Example:
+        >>> bank = torch.tensor([[0.0], [1.0], [2.0], [5.0]])
+        >>> nearest_neighbours(torch.tensor([[1.8]]), bank, 2).tolist()
+        [2, 1]
+    """
+    t = target.detach().float().flatten(1).cpu()
+    b = bank.detach().float().flatten(1).cpu()
+    d, mask = _distances(t, b, exclude, query_image, bank_images, identity_threshold)
+    available = int((~mask).sum())
+    if not 1 <= k <= available:
+        raise ValueError(f"k must be between 1 and the {available} bank entries left after exclusion, got {k}")
+    return torch.topk(d, k, largest=False).indices

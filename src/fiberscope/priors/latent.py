@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +41,7 @@ class LatentPrior(Prior):
         data_range: range of decoded images.
         shift, scale: latent normalisation (per dimension or scalar).
         clip_range: clip of x̂0 in latent space (None by default: latents are unbounded).
+        info: extra JSON-able facts recorded by :meth:`describe` (e.g. the loader's classes, prompt).
     """
 
     is_latent = True
@@ -59,6 +61,7 @@ class LatentPrior(Prior):
         scale: torch.Tensor | float = 1.0,
         clip_range: tuple[float, float] | None = None,
         name: str = "latent",
+        info: dict[str, Any] | None = None,
     ):
         super().__init__()
         _check_param(parameterization, schedule)
@@ -69,6 +72,7 @@ class LatentPrior(Prior):
         self.data_range = data_range
         self.clip_range = clip_range
         self.name = name
+        self.info = dict(info or {})
         self.denoiser = denoiser if isinstance(denoiser, nn.Module) else _Wrap(denoiser)
         self.decoder = decoder if isinstance(decoder, nn.Module) else _Wrap(decoder)
         self.encoder = encoder if (encoder is None or isinstance(encoder, nn.Module)) else _Wrap(encoder)
@@ -87,7 +91,7 @@ class LatentPrior(Prior):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         x = self.decoder(z.float() / self.scale + self.shift)
-        x = x.sample if hasattr(x, "sample") else x
+        x = (x.sample if hasattr(x, "sample") else x).float()
         if self.counter is not None:
             self.counter.decoder_forwards += z.shape[0]
             x = count_backward(x, self.counter, "decoder_backwards")
@@ -97,7 +101,21 @@ class LatentPrior(Prior):
         if self.encoder is None:
             raise ValueError(f"prior {self.name!r} has no encoder: per-timestep targets and SDEdit need one")
         z = self.encoder(x)
+        z = (z.latents if hasattr(z, "latents") else z).float()
         return (z - self.shift) * self.scale
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["latent_scale_shift"] = [float(self.scale.flatten()[0]), float(self.shift.flatten()[0])]
+        d.update(self.info)
+        params = {
+            id(p): p.numel()
+            for m in (self.denoiser, self.decoder, self.encoder)
+            if m is not None
+            for p in m.parameters()
+        }
+        d["parameters"] = sum(params.values())
+        return d
 
 
 class _Wrap(nn.Module):

@@ -14,8 +14,33 @@ __all__ = ["find_results", "write_results_report"]
 
 
 def find_results(root: Path) -> list[Path]:
-    """Directories under ``root`` (itself included) holding a complete result (``record.json``)."""
-    return sorted(p.parent for p in root.rglob("record.json"))
+    """Directories under ``root`` (itself included) holding a complete result (``record.json``).
+
+    Hidden directories (an audit's ``.partial-*`` units still being written) are skipped.
+    """
+    return sorted(
+        p.parent
+        for p in root.rglob("record.json")
+        if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def _audit_problems(root: Path) -> list[list[Any]]:
+    """Rows (line, status, unit, error) for the failed, invalid and pending units of an audit's ``summary.jsonl``."""
+    path = root / "summary.jsonl"
+    if not path.is_file():
+        return []
+    rows: list[list[Any]] = []
+    for text in path.read_text(errors="replace").splitlines():
+        try:
+            r = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(r, dict) or r.get("status") == "done":
+            continue
+        unit = r.get("text") if r.get("status") == "invalid" else f"{r.get('query')} · {r.get('subject')}"
+        rows.append([r.get("line", ""), r.get("status", ""), unit or "", r.get("error") or ""])
+    return rows
 
 
 def _describe(cfg: dict[str, Any], key: str) -> str:
@@ -57,6 +82,11 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
         cfg = res.config
         method = (cfg.get("method") or {}).get("method", "?")
         rep.heading(rel if rel != "." else root.name, level=3)
+        audit = cfg.get("audit") if isinstance(cfg.get("audit"), dict) else None
+        if audit and isinstance(audit.get("unit"), dict):  # a unit of `fiberscope audit`: show it as written
+            u = audit["unit"]
+            label = f" · label {audit['label']}" if audit.get("label") else ""
+            rep.paragraph(f"query {u.get('query')} · seed {u.get('seed')} · method spec {u.get('method')}{label}")
         rep.paragraph(
             f"subject {_describe(cfg, 'subject')} · prior {_describe(cfg, 'prior')} · method {method} · "
             f"{len(res)} samples · {res.timings.get('total', 0):.1f} s"
@@ -67,6 +97,15 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
         rep.details("record.json", json.dumps(res.record(), indent=1)[:20000])
     rep.heading("Summary")
     rep.table(["result", "subject", "method", "fiber loss (mean)", "best"], summary)
+    problems = _audit_problems(root)
+    if problems:
+        rep.heading("Units not finished")
+        rep.paragraph(
+            "From the audit's summary.jsonl: failed units (rerun the audit after fixing the cause), bad manifest "
+            "lines (skipped), and units still pending (another shard, or an interrupted run).",
+            cls="warn",
+        )
+        rep.table(["line", "status", "unit", "error"], problems, left=4)
     path = Path(out) if out else root / "report.html"
     atomic_write_text(path, rep.render())
     return path

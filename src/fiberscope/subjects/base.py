@@ -131,6 +131,7 @@ def load_subject(
     input_range: tuple[float, float] | None = None,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     name: str | None = None,
+    **options: Any,
 ) -> Subject:
     """Make a :class:`Subject` from a name, a module or a callable.
 
@@ -143,7 +144,11 @@ def load_subject(
         device, dtype: where and in which dtype to run φ.
         input_range: the value range φ expects (default: that of the spec, or the prior's).
         preprocess: a differentiable transform applied before φ.
+        options: for library specs, the adapter's options, e.g. ``weights=`` (torchvision),
+            ``pretrained=`` (timm, open_clip), ``trust_pickle=`` (see :mod:`fiberscope.subjects.registry`).
     """
+    if options and not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"options {sorted(options)} apply to named subjects ('timm:...', 'hf:...'), not to objects")
     if isinstance(spec, Subject):
         subject = spec
         if layer is not None:
@@ -152,7 +157,7 @@ def load_subject(
         s = os.fspath(spec)
         from .registry import load_named_subject
 
-        subject = load_named_subject(s, layer, input_range=input_range)
+        subject = load_named_subject(s, layer, input_range=input_range, preprocess=preprocess, **options)
     elif isinstance(spec, nn.Module) or callable(spec):
         fn: Any = spec
         if layer is not None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..data.colormnist import colorize, decolorize
 from ..data.mnist import load_dataset
+from ..metrics.colour import colour_histogram_stats
 from ..metrics.frechet import frechet_distance
 from .registry import ZOO, load_builtin_prior, load_builtin_subject
 
@@ -44,32 +44,6 @@ def _judge_input(images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _logits(judge: torch.nn.Module, images: torch.Tensor, bs: int = 500) -> torch.Tensor:
     return torch.cat([judge(_judge_input(images[i : i + bs])) for i in range(0, len(images), bs)])
-
-
-def colour_histogram_stats(images: torch.Tensor, bins: int = 100) -> dict[str, float]:
-    """KL and W1 between sample background colours and the true mixture (mean over RGB), and "dev".
-
-    Backgrounds are read from the first pixel column; ``dev`` = mean |max decolourised pixel − 1|
-    (foreground/background consistency, as in the paper).
-    """
-    from ..data.colormnist import background_density, estimate_background
-
-    x01 = ((images + 1) / 2).clamp(0, 1)
-    bg = estimate_background(x01).cpu().numpy()  # [N, 3]
-    edges = np.linspace(0, 1, bins + 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    p_true = background_density(centres) + 1e-8
-    p_true /= p_true.sum()
-    kls, w1s = [], []
-    for c in range(3):
-        h, _ = np.histogram(np.clip(bg[:, c], 0, 1), bins=edges)
-        p = h / max(h.sum(), 1) + 1e-8
-        p /= p.sum()
-        kls.append(float((p * np.log(p / p_true)).sum()))
-        w1s.append(float(np.abs(np.cumsum(p) - np.cumsum(p_true)).sum() / bins))
-    ink = decolorize(x01)
-    dev = float((ink.flatten(1).max(1).values - 1).abs().mean())
-    return {"colour_kl": float(np.mean(kls)), "colour_w1": float(np.mean(w1s)), "dev": dev}
 
 
 def evaluate_prior(

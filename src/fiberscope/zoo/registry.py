@@ -45,6 +45,7 @@ class ZooEntry:
         default_layer: the layer used when none is given (None: the model output).
         sampling: default unguided sampling settings (priors).
         judge: the subject whose logits measure the prior's sample quality (priors).
+        preset: the NDTM preset tuned for this prior (priors; ``fiberscope presets``).
     """
 
     name: str
@@ -55,6 +56,7 @@ class ZooEntry:
     default_layer: str | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
     judge: str | None = None
+    preset: str | None = None
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -67,6 +69,7 @@ ZOO: dict[str, ZooEntry] = {
             "pixel ε-prediction DDPM on MNIST (diffusers UNet2DModel, 28×28)",
             sampling={"steps": 100, "sampler": "ddim", "eta": 1.0},
             judge="mnist-cnn",
+            preset="builtin-mnist",
         ),
         ZooEntry(
             "mnist-flow",
@@ -75,6 +78,7 @@ ZOO: dict[str, ZooEntry] = {
             "rectified-flow (velocity) UNet on MNIST (FlowMatch scheduler)",
             sampling={"steps": 50, "sampler": "euler"},
             judge="mnist-cnn",
+            preset="builtin-mnist-flow",
         ),
         ZooEntry(
             "fashion-ddpm",
@@ -83,6 +87,7 @@ ZOO: dict[str, ZooEntry] = {
             "pixel ε-prediction DDPM on Fashion-MNIST (28×28)",
             sampling={"steps": 100, "sampler": "ddim", "eta": 1.0},
             judge="fashion-cnn",
+            preset="builtin-fashion",
         ),
         ZooEntry(
             "colormnist-latent",
@@ -91,6 +96,7 @@ ZOO: dict[str, ZooEntry] = {
             "VAE on colour MNIST + ε-DDPM (residual MLP) on its 32-d latents (the paper's set-up)",
             sampling={"steps": 200, "sampler": "ancestral"},
             judge="mnist-cnn",
+            preset="builtin-colormnist",
         ),
         ZooEntry(
             "mnist-cnn",

@@ -182,6 +182,7 @@ def run_training(
     meta: dict[str, Any] = {"step": 0, "wall_seconds": 0.0, "config": asdict(cfg), "losses": []}
     if ckpt.exists():
         meta = ckpt.load(modules, opt)
+        meta["config"] = asdict(cfg)  # the recipe in effect (its step count may have been revised)
         log(f"resuming from step {meta['step']} ({meta['wall_seconds'] / 60:.1f} min so far)")
     meta.setdefault("hardware", [])
     hw = hardware_string()
@@ -268,11 +269,23 @@ def flow_velocity_loss(num_train_timesteps: int = 1000):
 
 
 def save_safetensors(
-    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+    path: str | os.PathLike[str],
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    half: bool = False,
 ) -> None:
-    """Write ``tensors`` to ``path`` atomically (fp32 contiguous CPU tensors)."""
+    """Write ``tensors`` to ``path`` atomically (contiguous CPU tensors).
+
+    ``half=True`` stores floating-point tensors as float16 (loading casts them back into the
+    module's dtype); the zoo uses it for its largest entries to stay within its size budget.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+    def prep(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().contiguous().cpu()
+        return v.half() if half and v.is_floating_point() else v
+
+    save_file({k: prep(v) for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)

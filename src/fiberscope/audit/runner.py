@@ -1,0 +1,574 @@
+"""Run the work units of an audit: model cache, one atomic result directory per unit, resume, summary.
+
+Layout of an audit's output directory::
+
+    OUT/units/<slug>-<key>/      one finished unit: sample_XXX.png, grid.png, query.png, samples.npz,
+                                 record.json (fiber_loss, seeds, config incl. the unit)
+    OUT/units/.partial-<key>-*/  a unit being written (renamed to its final name when complete)
+    OUT/failed/<slug>-<key>.json why a unit failed (removed once it succeeds)
+    OUT/summary.jsonl            one line per manifest line: status, fiber loss or error
+    OUT/audit.json               totals, shard, engine, bad manifest lines
+    OUT/report.html              the HTML report (single-shard runs; ``fiberscope report OUT`` rebuilds it)
+
+A unit is finished when ``units/<slug>-<key>/record.json`` exists. It is written into a hidden
+staging directory first and renamed into place only when every file is complete, so a process
+killed at any moment (SIGKILL included) leaves either a finished unit or a staging directory that
+the next run deletes and redoes. Nothing finished is ever rewritten.
+
+Example:
+    >>> from fiberscope.audit import read_manifest, run_audit           # doctest: +SKIP
+    >>> run = run_audit(read_manifest("audit.jsonl"), "audit-out")      # doctest: +SKIP
+    >>> run.counts()                                                    # doctest: +SKIP
+    {'done': 12, 'skipped': 0, 'failed': 0}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import inspect
+import json
+import os
+import re
+import shutil
+import socket
+import time
+import traceback
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..utils import atomic_write_json, atomic_write_text, is_rank_zero, jsonable
+from .manifest import Manifest, WorkUnit
+from .sharding import ShardInfo, shard_units
+
+__all__ = [
+    "AuditRun",
+    "ModelCache",
+    "OutputWriteError",
+    "RunOptions",
+    "UnitResult",
+    "run_audit",
+    "run_unit",
+    "write_summary",
+]
+
+
+class OutputWriteError(OSError):
+    """Writing a unit's result failed (full disk, permissions, read-only file system): the audit stops."""
+
+    is_output_error = True
+
+
+@dataclass
+class RunOptions:
+    """How units run (the same for every engine, so results do not depend on it).
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; None picks ``cuda:$LOCAL_RANK`` when a GPU is visible, else CPU.
+        dtype: network dtype of the prior (``"fp16"``, ``"bf16"``; guidance stays float32).
+        batch_size: samples per batch (results do not depend on it).
+        trust_pickle: allow pickle checkpoints (only for files you trust; passed to the loaders).
+        threads: torch CPU threads per worker (None: torch's default).
+        progress: per-unit progress bars (the audit's own bar is separate).
+        cache_size: loaded priors (and subjects) kept per process.
+    """
+
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
+    trust_pickle: bool = False
+    threads: int | None = None
+    progress: bool = False
+    cache_size: int = 2
+
+
+@dataclass
+class UnitResult:
+    """What happened to one unit in this run."""
+
+    key: str
+    dirname: str
+    line: int
+    status: str  # "done", "skipped" (finished earlier), "failed", "output-error"
+    fiber_loss_mean: float | None = None
+    error: str | None = None
+    code: int | None = None
+    seconds: float = 0.0
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    except Exception:  # pragma: no cover - torch is a dependency; this only guards odd builds
+        pass
+    return "cpu"
+
+
+def _with_trust(fn: Callable[..., Any], trust_pickle: bool, what: str) -> dict[str, Any]:
+    """``{"trust_pickle": True}`` when asked for (refused if the loader cannot take it), else nothing.
+
+    ``False`` is never passed: it is every loader's default, and some adapters take no options at all.
+    """
+    if not trust_pickle:
+        return {}
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        params = []  # type: ignore[assignment]
+    if any(p.name == "trust_pickle" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return {"trust_pickle": True}
+    raise ValueError(
+        f"--trust-pickle was given but this fiberscope's {what} loader reads only safetensors and "
+        "weights_only checkpoints; convert the checkpoint to safetensors"
+    )
+
+
+class ModelCache:
+    """Loaded priors and subjects by spec, kept for reuse across units (LRU of ``size`` each).
+
+    Args:
+        options: device, dtype and ``trust_pickle`` for loading.
+        load_prior, load_subject: the loaders (default fiberscope's; tests pass counting ones).
+
+    Attributes:
+        loads: how many times each ``("prior"|"subject", spec...)`` was actually loaded.
+
+    Example:
+        >>> cache = ModelCache(RunOptions(device="cpu"))                 # doctest: +SKIP
+        >>> p = cache.prior("builtin:mnist-ddpm"); p is cache.prior("builtin:mnist-ddpm")   # doctest: +SKIP
+        True
+    """
+
+    def __init__(
+        self,
+        options: RunOptions | None = None,
+        *,
+        load_prior: Callable[..., Any] | None = None,
+        load_subject: Callable[..., Any] | None = None,
+    ):
+        import fiberscope as fs
+
+        self.options = options or RunOptions()
+        self.device = self.options.device or _default_device()
+        self._load_prior = load_prior or fs.load_prior
+        self._load_subject = load_subject or fs.load_subject
+        self._priors: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._subjects: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.loads: Counter[tuple[Any, ...]] = Counter()
+        self._failed: dict[tuple[Any, ...], Exception] = {}
+
+    def _get(self, store: OrderedDict[tuple[Any, ...], Any], key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        if key in self._failed:  # a model that could not be loaded is not retried for every unit
+            raise self._failed[key].with_traceback(None)
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+        try:
+            obj = make()
+        except Exception as e:
+            self._failed[key] = e
+            raise
+        self.loads[key] += 1
+        store[key] = obj
+        while len(store) > max(1, self.options.cache_size):
+            store.popitem(last=False)
+        return obj
+
+    def prior(self, spec: str) -> Any:
+        """The prior named ``spec`` on this cache's device (loaded on first use)."""
+        o = self.options
+
+        def make() -> Any:
+            kw = _with_trust(self._load_prior, o.trust_pickle, "prior")
+            return self._load_prior(spec, device=self.device, dtype=o.dtype, **kw)
+
+        return self._get(self._priors, ("prior", spec), make)
+
+    def subject(self, spec: str, layer: Any = None) -> Any:
+        """The subject ``spec`` with ``layer`` applied, on this cache's device (loaded on first use)."""
+        o = self.options
+        lkey = json.dumps(layer, sort_keys=True)
+
+        def make() -> Any:
+            # the built-in zoo ships safetensors only and its loader takes no options
+            trust = o.trust_pickle and not str(spec).startswith("builtin:")
+            kw = _with_trust(self._load_subject, trust, "subject")
+            return self._load_subject(spec, layer, device=self.device, **kw)
+
+        return self._get(self._subjects, ("subject", spec, lkey), make)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one unit
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """Collapse whitespace (tracebacks, multi-line messages) into one line of at most ``limit`` characters."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _token() -> str:
+    return re.sub(r"[^A-Za-z0-9-]+", "-", f"{socket.gethostname()}-{os.getpid()}")[:60]
+
+
+def _read_record(d: Path) -> dict[str, Any] | None:
+    try:
+        rec = json.loads((d / "record.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and "fiber_loss" in rec else None
+
+
+def _fsync_dir(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _commit(staging: Path, final: Path) -> bool:
+    """Rename the complete staging directory to ``final``; False if another process finished it first."""
+    if final.exists():
+        if _read_record(final) is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        stale = final.with_name(f".stale-{final.name}-{_token()}")
+        os.rename(final, stale)  # an unfinished leftover (no record): replace it
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(staging, final)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and _read_record(final) is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        raise
+    _fsync_dir(final.parent)
+    return True
+
+
+def clean_staging(out: str | os.PathLike[str], units: Iterable[WorkUnit]) -> int:
+    """Delete staging directories left by killed runs for ``units`` (only those: other shards may be writing)."""
+    d = Path(out) / "units"
+    if not d.is_dir():
+        return 0
+    keys = {u.key for u in units}
+    removed = 0
+    for p in d.iterdir():
+        if p.name.startswith(".stale-") or (p.name.startswith(".partial-") and p.name[9:25] in keys):
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _failure_path(out: Path, unit: WorkUnit) -> Path:
+    return out / "failed" / f"{unit.dirname}.json"
+
+
+def run_unit(
+    unit: WorkUnit, out: str | os.PathLike[str], cache: ModelCache, options: RunOptions | None = None
+) -> UnitResult:
+    """Run one unit unless it is already finished; write its result atomically.
+
+    Failures of the unit itself (a bad image, an unavailable model, a subject without gradient,
+    NaN) are returned as ``status="failed"`` with a one-line message, and recorded under
+    ``OUT/failed/``. A failure to *write* raises :class:`OutputWriteError`. On any interruption
+    (Ctrl-C, SIGTERM turned into KeyboardInterrupt) the half-written staging directory is removed.
+    """
+    from ..api import sample_fiber
+    from ..cli import _error_code, method_from_spec
+
+    options = options or cache.options
+    root = Path(out)
+    final = root / "units" / unit.dirname
+    rec = _read_record(final)
+    if rec is not None:
+        return UnitResult(unit.key, unit.dirname, unit.line, "skipped", _mean(rec))
+    t0 = time.perf_counter()
+    try:
+        prior = cache.prior(unit.prior)
+        subject = cache.subject(unit.subject, unit.layer)
+        method = method_from_spec(unit.method, None, unit.prior)
+        res = sample_fiber(
+            subject,
+            unit.query_path,
+            prior,
+            n=unit.n,
+            method=method,
+            seed=unit.seed,
+            batch_size=options.batch_size,
+            device=cache.device,
+            progress=options.progress and is_rank_zero(),
+        )
+    except Exception as e:
+        code, msg = _error_code(e)
+        msg = one_line(msg)
+        try:
+            atomic_write_json(
+                _failure_path(root, unit),
+                {
+                    "unit": unit.identity(),
+                    "line": unit.line,
+                    "error": msg,
+                    "code": code,
+                    "type": type(e).__name__,
+                    "traceback": traceback.format_exc()[-20000:],
+                },
+            )
+        except OSError as w:
+            raise OutputWriteError(w.errno, f"{w.strerror} (writing {_failure_path(root, unit)})") from w
+        return UnitResult(unit.key, unit.dirname, unit.line, "failed", error=msg, code=code)
+    res.config["audit"] = {"unit": unit.identity(), "key": unit.key, "label": unit.label}
+    staging = root / "units" / f".partial-{unit.key}-{_token()}"
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        res.save(staging)
+        _commit(staging, final)
+        with contextlib.suppress(FileNotFoundError):
+            _failure_path(root, unit).unlink()
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        where = e.filename or staging
+        raise OutputWriteError(e.errno, f"{e.strerror} (writing {where})") from e
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return UnitResult(
+        unit.key, unit.dirname, unit.line, "done", float(res.fiber_loss.mean()), seconds=time.perf_counter() - t0
+    )
+
+
+def _mean(rec: dict[str, Any]) -> float | None:
+    v = rec.get("fiber_loss_mean")
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# summary
+
+
+def write_summary(
+    out: str | os.PathLike[str],
+    manifest: Manifest,
+    *,
+    shard: ShardInfo | None = None,
+    engine: str = "local",
+    state: str = "finished",
+) -> dict[str, Any]:
+    """Write ``summary.jsonl`` (a line per manifest line) and ``audit.json`` from what is on disk.
+
+    The summary is rebuilt from the output directory each time, so several shards writing it in
+    turn each leave a complete, consistent snapshot (the last one written is the most complete).
+    """
+    root = Path(out)
+    rows: list[dict[str, Any]] = []
+    for u in manifest.units:
+        row: dict[str, Any] = {
+            "line": u.line,
+            "key": u.key,
+            "dir": f"units/{u.dirname}",
+            **u.identity(),
+            "label": u.label,
+        }
+        rec = _read_record(root / "units" / u.dirname)
+        if rec is not None:
+            row.update(status="done", fiber_loss_mean=_mean(rec), fiber_loss=rec.get("fiber_loss"))
+        else:
+            try:
+                fail = json.loads(_failure_path(root, u).read_text())
+                row.update(status="failed", error=fail.get("error"), code=fail.get("code"))
+            except (OSError, ValueError, AttributeError):
+                row.update(status="pending")
+        rows.append(row)
+    for err in manifest.errors:
+        rows.append({"line": err.line, "status": "invalid", "error": err.message, "text": err.text})
+    for line, first in manifest.duplicates:
+        rows.append({"line": line, "status": "duplicate", "error": f"repeats the unit on line {first}; run once"})
+    rows.sort(key=lambda r: r["line"])
+    counts = Counter(r["status"] for r in rows)
+    summary = {
+        "fiberscope_audit": 1,
+        "manifest": manifest.path,
+        "state": state,
+        "units": len(manifest.units),
+        **{k: counts.get(k, 0) for k in ("done", "failed", "pending", "invalid", "duplicate")},
+        "bad_lines": [{"line": e.line, "error": e.message} for e in manifest.errors],
+        "last_writer": {
+            "shard": dataclasses.asdict(shard) if shard else None,
+            "engine": engine,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    }
+    atomic_write_text(root / "summary.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
+    atomic_write_json(root / "audit.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the whole audit
+
+
+@dataclass
+class AuditRun:
+    """The outcome of :func:`run_audit` for this process's shard."""
+
+    out: Path
+    manifest: Manifest
+    shard: ShardInfo
+    units: list[WorkUnit]
+    results: list[UnitResult] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+    cache_loads: dict[str, int] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(r.status for r in self.results)
+        return {k: c.get(k, 0) for k in ("done", "skipped", "failed")}
+
+    @property
+    def failed(self) -> list[UnitResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+
+def _local_engine(
+    units: list[WorkUnit], out: Path, options: RunOptions, cache: ModelCache | None
+) -> Iterator[UnitResult]:
+    cache = cache or ModelCache(options)
+    for u in units:
+        yield run_unit(u, out, cache, options)
+
+
+def run_audit(
+    manifest: Manifest,
+    out: str | os.PathLike[str],
+    *,
+    shard: ShardInfo | None = None,
+    engine: str = "local",
+    options: RunOptions | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
+    cache: ModelCache | None = None,
+    progress: bool = True,
+    report: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> AuditRun:
+    """Run this shard's units of ``manifest`` into ``out``, skipping finished ones.
+
+    Args:
+        manifest: from :func:`~fiberscope.audit.read_manifest`.
+        out: output directory (created).
+        shard: this process's shard (default: the whole manifest; see :func:`~fiberscope.audit.resolve_shard`).
+        engine: ``"local"`` (this process) or ``"ray"`` (Ray actors holding the models).
+        options: how units run (device, dtype, ``trust_pickle``...).
+        workers: Ray actors (engine ``"ray"``).
+        ray_address: an existing Ray cluster (default: a local Ray instance with ``workers`` CPUs).
+        cache: a :class:`ModelCache` to use (local engine), e.g. to share models with other calls.
+        progress: a progress bar over units (never on non-zero ranks).
+        report: write ``report.html`` when done (single-shard runs; with several shards run
+            ``fiberscope report OUT`` once every shard has finished).
+        log: called with one line per failed unit (default: printed to stderr).
+
+    Returns:
+        :class:`AuditRun`. Units that failed are in ``.failed``; bad manifest lines in ``.manifest.errors``.
+
+    Raises:
+        OutputWriteError: the output could not be written (the audit stops; finished units are kept).
+        KeyboardInterrupt: interrupted; the unit in progress is discarded and the summary written.
+    """
+    import sys
+
+    options = options or RunOptions()
+    shard = shard or ShardInfo()
+    root = Path(out)
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    cwd = os.getcwd()
+    units = [u if u.base_dir else dataclasses.replace(u, base_dir=cwd) for u in shard_units(manifest.units, shard)]
+    (root / "units").mkdir(parents=True, exist_ok=True)
+    clean_staging(root, units)
+    run = AuditRun(root.resolve(), manifest, shard, units)
+    threads0 = None
+    if options.threads and engine == "local":
+        import torch
+
+        threads0 = torch.get_num_threads()
+        torch.set_num_threads(options.threads)
+    bar = None
+    if progress and is_rank_zero() and units:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(units), desc=f"audit shard {shard.index + 1}/{shard.count}", unit="unit", dynamic_ncols=True
+        )
+    state = "finished"
+    results: Iterable[UnitResult] = ()
+    try:
+        if engine == "local":
+            results = _local_engine(units, root, options, cache)
+        elif engine == "ray":
+            from .ray_engine import run_units_ray
+
+            results = run_units_ray(units, root, options, workers=workers, address=ray_address)
+        else:
+            raise ValueError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+        for r in results:
+            if r.status == "output-error":
+                raise OutputWriteError(errno.EIO, r.error or "cannot write output")
+            run.results.append(r)
+            if r.status == "failed":
+                msg = f"unit {r.line}: {r.error} [{r.dirname}]"
+                if bar is not None:
+                    bar.write(msg, file=sys.stderr)
+                else:
+                    log(msg)
+            if bar is not None:
+                bar.update(1)
+                if r.fiber_loss_mean is not None:
+                    bar.set_postfix_str(f"last fiber loss {r.fiber_loss_mean:.3g}")
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise
+    except OSError:
+        state = "output-error"
+        raise
+    except BaseException:  # e.g. a Ray actor that died: report the state, keep everything written
+        state = "error"
+        raise
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stops the Ray actors if the loop ended early
+        if bar is not None:
+            bar.close()
+        if threads0 is not None:
+            import torch
+
+            torch.set_num_threads(threads0)
+        if cache is not None:
+            run.cache_loads = {"/".join(k[:2]): v for k, v in cache.loads.items()}
+        try:
+            run.summary = write_summary(root, manifest, shard=shard, engine=engine, state=state)
+            # with several shards the report is left to `fiberscope report OUT` once all are done:
+            # every shard rewriting it would redo the whole page once per shard
+            finished = any(r.status in ("done", "skipped") for r in run.results)
+            if report and state == "finished" and shard.count == 1 and finished:
+                from ..report.results import write_results_report
+
+                run.report = write_results_report(root, title=f"fiberscope audit: {root.name}")
+        except Exception as e:
+            if state == "finished":  # otherwise the original error is the one to report
+                if isinstance(e, OSError):
+                    raise OutputWriteError(e.errno, f"{e.strerror} (writing the summary in {root})") from e
+                raise
+    return run

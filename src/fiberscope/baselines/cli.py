@@ -1,0 +1,232 @@
+"""``fiberscope baselines list|train|sample|show``: registered into the main CLI by ``register_command``.
+
+Kept light: the models are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..cli import EXIT, CLIError, _check_writable, _sub, register_command
+
+__all__ = ["add_baselines_command", "cmd_baselines"]
+
+EXAMPLE = """
+fiberscope baselines list                                  # every recipe, trained or not, training time
+fiberscope baselines train all --threads 1                 # every baseline in sequence; rerun to resume
+fiberscope baselines train cfm-l10 --max-minutes 20        # one; run again to continue
+fiberscope baselines train featinv-mnist --set init=none   # change a recipe setting
+fiberscope baselines sample cfm-l10 --test-index 0 3 --n 8 --out fibers-cfm
+fiberscope baselines sample svae-mnist --query digit.png --subject builtin:mnist-cnn --layer logits"""
+
+
+def _parse_set(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for it in items or []:
+        key, sep, value = it.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--set takes KEY=VALUE (e.g. init=none), got {it!r}", EXIT["usage"])
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise CLIError(f"--set {key}: cannot read {value!r} ({e})", EXIT["usage"]) from None
+    return out
+
+
+@register_command
+def add_baselines_command(subs: Any) -> None:
+    """Add ``baselines`` to the ``fiberscope`` command."""
+    p = _sub(subs, "baselines", "trained invariance models: train them and sample their fibers", EXAMPLE, cmd_baselines)
+    bs = p.add_subparsers(dest="baselines_cmd", metavar="BASELINES_COMMAND")
+    ls = bs.add_parser(
+        "list",
+        help="list the recipes and whether they are trained",
+        epilog="example:\n  fiberscope baselines list",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ls.add_argument("--root", help="where baselines live (default $FIBERSCOPE_BASELINES_DIR or ~/.cache/...)")
+
+    t = bs.add_parser(
+        "train",
+        help="train (or continue training) one baseline, or all of them in sequence",
+        epilog="example:\n  fiberscope baselines train all --threads 1   # run again to continue",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("name", help="a recipe name (see `fiberscope baselines list`) or 'all'")
+    t.add_argument("--root", help="where baselines live (default $FIBERSCOPE_BASELINES_DIR or ~/.cache/...)")
+    t.add_argument("--data", help="directory with the MNIST idx files (default: searched)")
+    t.add_argument("--max-minutes", type=float, help="stop after this long (all: in total); run again to resume")
+    t.add_argument("--steps", type=int, help="override the recipe's number of training steps (smoke tests)")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (1 on a busy machine)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a recipe setting (repeatable)")
+    t.add_argument("--quiet", "-q", action="store_true")
+
+    s = bs.add_parser(
+        "sample",
+        help="sample fibers of queries with a trained baseline",
+        epilog="example:\n  fiberscope baselines sample cfm-l10 --test-index 0 --n 8 --out fibers",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("name", help="a trained baseline (name or directory)")
+    s.add_argument("--query", nargs="+", default=[], help="query images (PNG, .npy, ...)")
+    s.add_argument("--test-index", nargs="+", type=int, default=[], help="queries from the test split, by index")
+    s.add_argument("--n", type=int, default=8, help="samples per query")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--out", default="baseline-fibers", help="output directory")
+    s.add_argument("--root", help="where baselines live")
+    s.add_argument("--steps", type=int, help="ODE / denoising steps (default: as trained)")
+    s.add_argument("--temperature", type=float, default=1.0, help="scale of the Gaussian codes")
+    s.add_argument("--guidance-scale", type=float, help="FeatInv classifier-free guidance weight")
+    s.add_argument("--subject", help="φ under which the fiber loss is reported (default: the trained one)")
+    s.add_argument("--layer", help="layer of --subject")
+    s.add_argument("--metric", default="sq_l2", help="fiber-loss form of the result (sq_l2, rms, ...)")
+    s.add_argument("--device")
+    s.add_argument("--quiet", "-q", action="store_true")
+
+    sh = bs.add_parser(
+        "show",
+        help="print a trained baseline's training record",
+        epilog="example:\n  fiberscope baselines show cfm-l10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sh.add_argument("name")
+    sh.add_argument("--root")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .common import model_dir, read_json
+    from .recipes import RECIPES, TRAIN_ORDER
+
+    rows = []
+    for name in TRAIN_ORDER:
+        rec = read_json(model_dir(name, args.root) / "training.json")
+        if rec is not None:
+            status = f"{rec.get('total_wall_seconds', 0) / 60:.1f} min"
+        else:
+            st = read_json(model_dir(name, args.root) / "train" / "state.json")
+            status = f"step {st['step']}" if st else "not trained"
+        rows.append((name, status, RECIPES[name]["summary"]))
+    w = max(len(r[0]) for r in rows)
+    for name, status, summary in rows:
+        print(f"{name:<{w}}  {status:>11}  {summary}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .recipes import train, train_all
+
+    overrides: dict[str, Any] = {}
+    if args.steps:
+        overrides["steps"] = args.steps
+    if args.threads:
+        overrides["threads"] = args.threads
+    settings = _parse_set(args.set)
+    log = (lambda s: None) if args.quiet else print
+    if args.name == "all":
+        if settings:
+            raise CLIError("--set changes one recipe; use it with a recipe name, not 'all'", EXIT["usage"])
+        res = train_all(root=args.root, data_root=args.data, max_minutes=args.max_minutes, overrides=overrides, log=log)
+        done = [n for n, r in res.items() if r.get("finished")]
+        skipped = {n: r["skipped"] for n, r in res.items() if "skipped" in r}
+        unfinished = [n for n, r in res.items() if not r.get("finished") and "skipped" not in r]
+        print(f"finished: {', '.join(done) or '—'}")
+        if unfinished:
+            print(f"not finished yet (run again to continue): {', '.join(unfinished)}")
+        for n, why in skipped.items():
+            print(f"skipped {n}: {why}")
+        return EXIT["partial"] if (skipped or unfinished) else 0
+    parts = ["fiberscope baselines train", args.name] + [f"--set {x}" for x in args.set or []]
+    if args.steps:
+        parts.append(f"--steps {args.steps}")
+    meta = train(
+        args.name,
+        root=args.root,
+        data_root=args.data,
+        max_minutes=args.max_minutes,
+        overrides=overrides,
+        settings=settings,
+        log=log,
+        command=" ".join(parts),
+    )
+    state = "finished" if meta.get("finished") else "not finished (run again to continue)"
+    print(f"{args.name}: step {meta.get('step')}, {float(meta.get('wall_seconds') or 0) / 60:.1f} min, {state}")
+    return 0 if meta.get("finished") else EXIT["partial"]
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import fiberscope as fs
+
+    from .model import TrainedBaseline, load_baseline
+
+    if not args.query and not args.test_index:
+        raise CLIError("sample needs --query PATH... or --test-index N...", EXIT["usage"])
+    method = TrainedBaseline(
+        args.name, root=args.root, steps=args.steps, temperature=args.temperature, guidance_scale=args.guidance_scale
+    )
+    model = load_baseline(args.name, args.root)
+    prior = model.output_prior()
+    if args.subject:
+        subject_spec, layer = args.subject, args.layer
+        if model.condition == "features":  # the condition must come from the trained φ
+            raise CLIError(
+                f"{args.name} is conditioned on φ = {model.config['subject']['name']}; --subject applies to the "
+                "supervised VAE (query-conditioned) only",
+                EXIT["usage"],
+            )
+    elif model.condition == "features":
+        sub = model.config["subject"]
+        if not sub.get("spec"):
+            raise CLIError(f"{args.name} was trained on a subject without a spec; use the Python API", EXIT["usage"])
+        subject_spec, layer = sub["spec"], sub.get("layer")
+    else:
+        subject_spec, layer = str(model.config.get("own_subject") or f"baseline:{model.name}"), None
+    if subject_spec.startswith("baseline:") and args.root:
+        subject: Any = fs.load_subject(subject_spec, layer, root=args.root)
+    else:
+        subject = fs.load_subject(subject_spec, layer)
+    queries: list[tuple[str, Any]] = [(Path(q).stem, q) for q in args.query]
+    if args.test_index:
+        from ..zoo.evaluate import real_images
+
+        images, _ = real_images(str(model.config.get("dataset") or "mnist"), "test")
+        for i in args.test_index:
+            if not 0 <= i < len(images):
+                raise CLIError(f"--test-index {i} is outside the test split (0 … {len(images) - 1})", EXIT["usage"])
+            queries.append((f"test{i:05d}", images[i : i + 1]))
+    out = Path(args.out)
+    _check_writable(out)
+    for label, q in queries:
+        res = fs.sample_fiber(
+            subject, q, prior, n=args.n, method=method, seed=args.seed, batch_size=args.batch_size,
+            device=args.device, progress=not args.quiet, metric=args.metric,
+        )  # fmt: skip
+        saved = res.save(out / label if len(queries) > 1 else out)
+        print(
+            f"{label}: fiber loss {res.metric} mean {float(res.fiber_loss.mean()):.4g}, "
+            f"{res.timings['per_sample'] * 1000:.1f} ms per sample -> {saved}"
+        )
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    if args.baselines_cmd == "list":
+        return _list(args)
+    if args.baselines_cmd == "train":
+        return _train(args)
+    if args.baselines_cmd == "sample":
+        return _sample(args)
+    if args.baselines_cmd == "show":
+        from .common import model_dir, read_json
+
+        rec = read_json(model_dir(args.name, args.root) / "training.json")
+        if rec is None:
+            raise CLIError(f"{args.name} is not trained (no training.json in {model_dir(args.name, args.root)})")
+        print(json.dumps({k: v for k, v in rec.items() if k != "loss_curve"}, indent=2))
+        return 0
+    raise CLIError("baselines needs a subcommand: list, train, sample, show", EXIT["usage"])

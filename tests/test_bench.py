@@ -1,0 +1,150 @@
+"""``fiberscope bench`` on tiny models: a 2 methods × 1 prior × 1 subject × 1 query × 2 seeds matrix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import fiberscope as fs
+from conftest import TinyCNN, tiny_unet
+from fiberscope.bench import BenchConfig, resolve_method, run_bench
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def toy():
+    prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", data_shape=(1, 8, 8), name="toy-prior")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(40, 1, 8, 8, generator=g) * 2 - 1
+    labels = torch.randint(0, 6, (40,), generator=g)
+    objects = {"toy-prior": prior, "toy-cnn": TinyCNN(), "toy-ref": TinyCNN(seed=1)}
+    cfg = {
+        "methods": {
+            "ndtm": {"name": "ndtm", "steps": 4, "inner_steps": 1, "lr": 0.05, "gamma": 1.0},
+            "dps": {"name": "dps", "steps": 4, "scale": 0.2},
+        },
+        "priors": ["toy-prior"],
+        "subjects": ["toy-cnn@head"],
+        "queries": 1,
+        "seeds": [0, 1],
+        "n": 3,
+        "real": 20,
+        "datasets": {"toy-prior": "toy", "toy-cnn": "toy"},
+        "reference": {"toy": "toy-ref"},
+        "classifier": {"toy": "toy-ref"},
+        "augment": {"toy": {"kind": "geometric", "shift": 1.0}},
+    }
+    return cfg, objects, {"toy": (images, labels)}
+
+
+def test_bench_matrix_tables_plots_and_resume(toy, tmp_path):
+    cfg, objects, data = toy
+    lines: list[str] = []
+    res = run_bench(cfg, tmp_path, objects=objects, data=data, log=lines.append)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"ndtm", "dps", "nn", "augment"}
+    for name in ("ndtm", "dps", "augment"):
+        r = rows[name]
+        assert r["seeds"] == [0, 1]
+        mean, std = r["fiber_loss"]["sq_l2"]
+        assert mean > 0 and std >= 0
+        assert r["realism_fd"][0] >= 0 and r["diversity_pixel"][0] > 0 and r["diversity_feature"][0] >= 0
+        assert 0 <= r["label_agreement"][0] <= 1 and 0 <= r["prediction_agreement"][0] <= 1
+        assert r["nn_loss"] > 0 and r["loss_over_nn"] > 0
+    assert rows["nn"]["seeds"] == [0]
+    assert rows["dps"]["forward_equivalents"][0] > rows["augment"]["forward_equivalents"][0] == 0
+    assert rows["ndtm"]["method_config"]["inner_steps"] == 1
+    for f in ("bench.md", "results.json", "loss_vs_cost.png", "loss_vs_realism.png", "config.json"):
+        assert (tmp_path / f).stat().st_size > 0
+    md = (tmp_path / "bench.md").read_text()
+    assert "| `ndtm` |" in md and "toy-prior × toy-cnn@head" in md and "±" in md
+    assert json.loads((tmp_path / "results.json").read_text())["rows"]
+    pair = res["pairs"][0]
+    assert len(pair["query_indices"]) == 1 and pair["nn_indices"][0] != pair["query_indices"][0]
+    unit = tmp_path / "units" / "toy-prior__toy-cnn@head"
+    assert {p.name for p in unit.glob("dps__seed*")} >= {"dps__seed0.json", "dps__seed0.npz", "dps__seed0.png"}
+
+    # resume: nothing is recomputed; a changed setting recomputes that method only
+    mtimes = {p: p.stat().st_mtime_ns for p in unit.glob("*.json")}
+    lines.clear()
+    run_bench(cfg, tmp_path, objects=objects, data=data, log=lines.append)
+    assert all("cached" in ln for ln in lines if ln.startswith("[bench]"))
+    assert {p: p.stat().st_mtime_ns for p in unit.glob("*.json")} == mtimes
+    cfg["methods"]["dps"]["scale"] = 0.3
+    lines.clear()
+    run_bench(cfg, tmp_path, objects=objects, data=data, log=lines.append)
+    fresh = [ln for ln in lines if ln.startswith("[bench]") and "cached" not in ln]
+    assert len(fresh) == 2 and all(" dps " in ln for ln in fresh)
+
+
+def test_bench_samples_equal_sample_fiber(toy, tmp_path):
+    """A unit's samples are sample_fiber's for the recorded run seed: batching queries changes nothing."""
+    cfg, objects, data = toy
+    cfg = {**cfg, "queries": 2, "seeds": [0], "baselines": [], "methods": {"dps": cfg["methods"]["dps"]}}
+    run_bench(cfg, tmp_path, objects=objects, data=data, progress=False)
+    rec = json.loads((tmp_path / "units" / "toy-prior__toy-cnn@head" / "dps__seed0.json").read_text())
+    import numpy as np
+
+    with np.load(tmp_path / "units" / "toy-prior__toy-cnn@head" / "dps__seed0.npz") as z:
+        images, qidx = torch.from_numpy(z["images"]), z["query_indices"]
+    q = 1
+    query = data["toy"][0][int(qidx[q]) : int(qidx[q]) + 1]
+    subject = fs.load_subject(objects["toy-cnn"], "head")
+    ref = fs.sample_fiber(
+        subject, query, objects["toy-prior"], n=3, method=resolve_method(cfg["methods"]["dps"]),
+        seed=rec["run_seeds"][q], progress=False,
+    )  # fmt: skip
+    assert (ref.images - images[3:6]).abs().max() <= 1e-4
+
+
+def test_config_validation_and_pairs():
+    base = {"methods": {"ndtm": "ndtm"}, "priors": ["builtin:mnist-ddpm", "builtin:colormnist-latent"]}
+    cfg = BenchConfig.from_dict({**base, "subjects": ["builtin:mnist-cnn@logits", "builtin:colorblind-mnist"]})
+    assert [(p.prior, p.subject_name) for p in cfg.resolved_pairs()] == [
+        ("builtin:mnist-ddpm", "builtin:mnist-cnn@logits"),
+        ("builtin:colormnist-latent", "builtin:colorblind-mnist"),
+    ]
+    for bad, match in [
+        ({"n": 0}, "n must be"),
+        ({"seeds": []}, "seeds"),
+        ({"metric": "l3"}, "metric"),
+        ({"baselines": ["knn"]}, "baselines"),
+        ({"methods": {"nn": "ndtm"}}, "reserved"),
+        ({"queries": -1}, "queries"),
+        ({"colour": True}, "unknown bench setting"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            BenchConfig.from_dict({**base, "subjects": ["builtin:mnist-cnn"], **bad})
+    with pytest.raises(ValueError, match="unknown method"):
+        resolve_method("dsp")
+    with pytest.raises(ValueError, match="scale"):
+        resolve_method({"name": "mpgd", "scale": -1})
+    m = resolve_method({"name": "paper-colormnist", "gamma": 10})
+    assert m.gamma_at(100) == 10.0 and m.gamma_at(700) == 0.0
+
+
+def test_cli_reads_the_config_and_filters_methods(tmp_path, capsys):
+    from fiberscope.cli import main
+
+    (tmp_path / "b.yaml").write_text(
+        "methods:\n  ndtm: builtin-mnist\n  dps: {name: dps, scale: 0.5}\n"
+        "priors: [builtin:mnist-ddpm]\nsubjects: [builtin:mnist-cnn@logits]\nseeds: [0, 1]\n"
+    )
+    rc = main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "o"), "--dry-run"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and len(lines) == 2 * 2 + 2 + 1  # 2 methods × 2 seeds, augment × 2, nn × 1
+    rc = main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "o"), "--dry-run",
+               "--methods", "dps,nn", "--seeds", "3"])  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and [ln.split()[1] for ln in lines] == ["dps", "nn"] and "seed 3" in lines[0]
+    rc = main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "o"), "--n", "0"])
+    assert rc == 2 and "n must be" in capsys.readouterr().err
