@@ -193,8 +193,8 @@ def test_pickle_checkpoints_need_trust_pickle(assets: Assets, tmp_path: Path, ca
     argv = _sample(assets, assets.queries[0], tmp_path / "out")
     argv[argv.index("--prior") + 1] = str(pickled)
     code, err = _run(argv, capsys)
-    assert code != 0 and not (tmp_path / "out" / "record.json").exists()
-    _one_error_line(err, "no .safetensors", "trust_pickle")
+    assert code == EXIT["input"] and not (tmp_path / "out" / "record.json").exists()
+    _one_error_line(err, "no .safetensors", "--trust-pickle")
     code, err = _run([*argv, "--trust-pickle"], capsys)  # explicitly trusted: read with weights_only=True
     assert code == 0, err
     assert (tmp_path / "out" / "record.json").is_file()

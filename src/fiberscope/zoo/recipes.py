@@ -8,7 +8,6 @@ for the rest. Settings live in :data:`RECIPES`; command-line overrides go throug
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Callable
@@ -99,7 +98,6 @@ RECIPES: dict[str, dict[str, Any]] = {
             "ema": 0.9995,
             "min_lr_ratio": 0.05,
         },
-        "decoder_finetune": {"steps": 1_500, "batch_size": 128, "lr": 3e-4, "warmup": 100, "ema": 0.998},
     },
     "mnist-flow": {
         "kind": "pixel-flow",
@@ -345,19 +343,6 @@ def _colour_batch(ink: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return colorize(ink, generator=g) * 2 - 1
 
 
-class _Decoder(torch.nn.Module):
-    """The decoder half of a VAE as a trainable module (the encoder's weights ride along frozen)."""
-
-    def __init__(self, vae: Any):
-        super().__init__()
-        self.vae = vae.requires_grad_(True)
-        self.vae.enc.requires_grad_(False)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.vae.decode(z)
-        return out
-
-
 def train_colormnist_latent(
     name: str,
     workdir: Path,
@@ -408,28 +393,6 @@ def train_colormnist_latent(
     loss = diffusion_eps_loss(sched.alphas_cumprod.float(), snr_gamma=None)
     den_ema, meta = run_training(workdir / "denoiser", den, loss, zn, den_cfg, max_minutes=max_minutes, log=log)
     meta["vae_wall_seconds"] = vae_meta["wall_seconds"]
-    if meta["step"] >= den_cfg.steps and recipe.get("decoder_finetune"):
-        # Stage 3: sharpen the decoder on posterior means (what the prior's samples look like), with the
-        # encoder frozen so the latent space, and the denoiser trained on it, stay valid.
-        encoder = vae_ema
-
-        def dec_loss(m: Any, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-            xb = _colour_batch(batch, g)
-            with torch.no_grad():
-                zb = encoder.encode(xb)
-            return ((m(zb) - xb) ** 2).mean()
-
-        dec = _Decoder(copy.deepcopy(vae_ema))
-        dec_cfg = replace(cfg, **{**recipe["decoder_finetune"], **recipe.get("_overrides", {})})
-        dec_ema, dec_meta = run_training(
-            workdir / "decoder", dec, dec_loss, ink, dec_cfg, max_minutes=max_minutes, log=log
-        )
-        meta["decoder_wall_seconds"] = dec_meta["wall_seconds"]
-        if dec_meta["step"] < dec_cfg.steps:
-            return dec_meta
-        vae_ema = copy.deepcopy(vae_ema)
-        vae_ema.dec_fc.load_state_dict(dec_ema.vae.dec_fc.state_dict())
-        vae_ema.dec.load_state_dict(dec_ema.vae.dec.state_dict())
     if meta["step"] >= den_cfg.steps:
         xt, _ = _dataset_tensor("mnist", "test", data_root)
         with torch.no_grad():
