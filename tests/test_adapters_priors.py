@@ -294,6 +294,49 @@ def test_pickled_weights_need_trust(tmp_path):
     assert prior.is_latent and prior.image_shape == (3, 8, 8)
 
 
+def _fake_hub_cache(monkeypatch, tmp_path, repo_id: str):
+    """An empty snapshot of ``repo_id`` in a Hugging Face cache laid out as ``hf download`` leaves it."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return snapshot
+
+
+def test_flat_google_ddpm_layout_loads_from_a_cached_hub_id(monkeypatch, tmp_path):
+    """google/ddpm-cifar10-32 and google/ddpm-ema-celebahq-256 keep the UNet and scheduler configs at the top."""
+    from diffusers import DDPMScheduler
+
+    snapshot = _fake_hub_cache(monkeypatch, tmp_path, "fs-test/ddpm-flat-16")
+    unet = tiny_unet(channels=3, size=16)
+    unet.save_pretrained(str(snapshot))
+    DDPMScheduler(prediction_type="v_prediction").save_pretrained(str(snapshot))
+    (snapshot / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "DDPMPipeline",
+                "scheduler": ["diffusers", "DDPMScheduler"],
+                "unet": ["diffusers", "UNet2DModel"],
+            }
+        )
+    )
+    assert (snapshot / "config.json").is_file() and (snapshot / "scheduler_config.json").is_file()
+    prior = fs.load_prior("fs-test/ddpm-flat-16")  # a hub id, resolved in the (local) cache only
+    assert prior.data_shape == (3, 16, 16) and prior.parameterization == "v" and not prior.is_latent
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(
+            prior.model(x, torch.full((2,), 250)).sample, unet(x, torch.full((2,), 250)).sample, atol=1e-5
+        )
+    out = fs.sample_fiber(TinyCNN(channels=3), _query(), prior, n=1, method=NDTM, progress=False)
+    assert out.images.shape == (1, 3, 16, 16) and torch.isfinite(out.fiber_loss).all()
+
+
 def test_uncached_hub_id_fails_at_once_without_network(monkeypatch):
     attempts: list[object] = []
 
@@ -310,7 +353,7 @@ def test_uncached_hub_id_fails_at_once_without_network(monkeypatch):
     assert time.perf_counter() - t0 < 10
     assert attempts == []  # offline by construction, not by a timeout
     assert "\n" not in message and "CompVis/ldm-not-cached-here-256" in message
-    assert "huggingface-cli download" in message
+    assert "hf download CompVis/ldm-not-cached-here-256" in message and "huggingface-cli download" in message
     with pytest.raises(fs.ModelNotAvailableError, match="huggingface-cli download"):
         fs.load_subject("hf:facebook/not-cached-dinov2")
     assert attempts == []

@@ -221,6 +221,29 @@ def test_open_clip_timm_tower_from_a_local_dir(open_clip_configs, tmp_path, rgb_
     _end_to_end(phi, rgb_prior, query)
 
 
+def test_open_clip_hf_hub_spec_reads_the_local_cache(open_clip_configs, tmp_path, monkeypatch):
+    """``open_clip:hf-hub:org/name`` (BiomedCLIP's spec) resolves to a cached snapshot, never the network."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "hub" / "models--fs-test--biomedclip-like"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    torch.manual_seed(0)
+    model = open_clip_configs.create_model("fs-tiny-timm-clip", pretrained=None)
+    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_TIMM_CLIP, "preprocess_cfg": {}}))
+    save_file(model.state_dict(), str(snapshot / "open_clip_model.safetensors"))
+    phi = fs.load_subject("open_clip:hf-hub:fs-test/biomedclip-like")
+    _frozen_eval(phi)
+    assert torch.equal(phi.fn.model.visual.trunk.patch_embed.proj.weight, model.visual.trunk.patch_embed.proj.weight)
+    assert phi(torch.rand(2, 3, 16, 16), (0, 1)).shape == (2, 16)
+    with pytest.raises(fs.ModelNotAvailableError, match="fs-test/not-cached"):
+        fs.load_subject("open_clip:hf-hub:fs-test/not-cached")
+
+
 # --- transformers --------------------------------------------------------------------------------------------------
 
 

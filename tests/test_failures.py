@@ -364,6 +364,31 @@ def test_a_failing_unit_does_not_stop_the_others(assets: Assets, tmp_path: Path,
     assert code == EXIT["input"] and err.count("not in the local Hugging Face cache") == 2
 
 
+def test_unreadable_query_paths_and_report_outputs(assets: Assets, tmp_path: Path, capsys) -> None:
+    long_name = tmp_path / ("q" * 300 + ".png")  # ENAMETOOLONG from stat(), not "does not exist"
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl",
+        [assets.unit(0), assets.unit(1, query=str(long_name)), assets.unit(2, query=str(tmp_path))],
+    )
+    out = tmp_path / "out"
+    code, err = _run(["audit", str(manifest), "--out", str(out), "-q", "--device", "cpu"], capsys)
+    assert code == EXIT["partial"], err
+    rows = {r["line"]: r for r in map(json.loads, (out / "summary.jsonl").read_text().splitlines())}
+    assert [rows[i]["status"] for i in (1, 2, 3)] == ["done", "failed", "failed"]
+    assert rows[2]["code"] == rows[3]["code"] == EXIT["input"]
+    assert "cannot be read (File name too long)" in rows[2]["error"] and "is a directory" in rows[3]["error"]
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, err = _run(["report", str(out), "--out", str(blocker / "report.html")], capsys)
+    assert code == EXIT["output"]
+    _one_error_line(err, "cannot write output", "choose another --out")
+    (tmp_path / "empty").mkdir()
+    code, err = _run(["report", str(tmp_path / "empty")], capsys)
+    assert code == EXIT["input"]
+    _one_error_line(err, "no fiberscope results", "fiberscope audit")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the HTML report escapes names taken from files and manifests
 

@@ -216,7 +216,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     queries: list[Path] = []
     for q in args.query:
         p = Path(q)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError as e:  # e.g. a name too long for the file system
+            raise CLIError(f"query {q!r}: {e.strerror}; check the path") from None
+        if is_dir:
             found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
             if not found:
                 raise CLIError(f"{p} holds no images (PNG, JPEG, ... or .npy)")
@@ -563,6 +567,20 @@ fiberscope report fibers/            # writes fibers/report.html""",
 
     for extra in _EXTRA_COMMANDS:
         extra(subs)
+    # nested commands (`zoo train`, `baselines sample`, ...) take --config/--quiet/--debug too
+    for top in subs.choices.values():
+        for a in top._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    have = {o for act in sub._actions for o in act.option_strings}
+                    if "--config" not in have:
+                        sub.add_argument(
+                            "--config", help="read options from a YAML or TOML file (flags given here win)"
+                        )
+                    if "--quiet" not in have:
+                        sub.add_argument("--quiet", "-q", action="store_true", help="less output")
+                    if "--debug" not in have:
+                        sub.add_argument("--debug", action="store_true", help="show full tracebacks")
     return ap
 
 
@@ -583,6 +601,11 @@ def _error_code(e: BaseException) -> tuple[int, str]:
 
     if isinstance(e, CLIError):
         return e.code, str(e)
+    if type(e).__name__ == "SafetensorError" or "Error while deserializing header" in str(e):
+        return EXIT["input"], (
+            f"a weights file is corrupt or truncated ({e}); re-download it, or re-export it "
+            "(`fiberscope zoo train NAME` for the built-in zoo)"
+        )
     if isinstance(e, PickleRefusedError):
         return EXIT["input"], str(e).replace("pass trust_pickle=True", "pass --trust-pickle")
     if isinstance(e, (SubjectGradientError, GuidanceError)):
@@ -609,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT["usage"]
     try:
         if getattr(args, "config", None):
-            _config_defaults(_subparser(parser, args.command), args.config)
+            _config_defaults(_subparser(parser, args), args.config)
             args = parser.parse_args(argv)  # again: the file's values are now defaults, flags win
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
@@ -623,11 +646,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for a in parser._actions:
-        if isinstance(a, argparse._SubParsersAction):
-            return a.choices[name]
-    raise KeyError(name)
+def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (innermost) parser of the command ``args`` was parsed for, e.g. that of ``zoo train``."""
+    p = parser
+    while True:
+        sub = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or chosen is None:
+            return p
+        p = sub.choices[chosen]
 
 
 def _load_plugins() -> None:

@@ -568,7 +568,7 @@ def run_audit(
                 run.report = write_results_report(root, title=f"fiberscope audit: {root.name}")
         except Exception as e:
             if state == "finished":  # otherwise the original error is the one to report
-                if isinstance(e, OSError):
+                if isinstance(e, OSError) and not isinstance(e, OutputWriteError):
                     raise OutputWriteError(e.errno, f"{e.strerror} (writing the summary in {root})") from e
                 raise
     return run

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,19 @@ class QueryError(ValueError):
 
 
 def _read_file(path: Path) -> np.ndarray | Any:
-    if not path.exists():
-        raise QueryError(f"query file {path} does not exist; check the path (in a manifest, relative to its folder)")
-    if path.stat().st_size == 0:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise QueryError(
+            f"query file {path} does not exist; check the path (in a manifest, relative to its folder)"
+        ) from None
+    except OSError as e:  # a name too long, a loop of links, no permission to a parent folder...
+        raise QueryError(
+            f"query file {path} cannot be read ({e.strerror}); check the path and its permissions"
+        ) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise QueryError(f"query file {path} is a directory; pass an image file (`fiberscope sample` takes folders)")
+    if st.st_size == 0:
         raise QueryError(f"query file {path} is empty (0 bytes): re-export the image")
     suffix = path.suffix.lower()
     if suffix == ".npy":

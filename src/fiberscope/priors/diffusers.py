@@ -370,7 +370,8 @@ def load_diffusers_prior(
 
     Layouts (detected from the sub-directories):
 
-    * pixel (``DDPMPipeline``/``DDIMPipeline``, e.g. ``google/ddpm-cifar10-32``): ``unet/`` + ``scheduler/``
+    * pixel (``DDPMPipeline``/``DDIMPipeline``): ``unet/`` + ``scheduler/``, or the flat layout of
+      ``google/ddpm-cifar10-32`` (``config.json`` + weights + ``scheduler_config.json`` at the top)
       → :class:`DiffusersPrior`;
     * latent diffusion (``LDMPipeline``, e.g. ``CompVis/ldm-celebahq-256``): ``vqvae/`` + ``unet/`` +
       ``scheduler/`` → :class:`~fiberscope.priors.latent.LatentPrior` (latents unscaled, VQ decoding
@@ -392,11 +393,15 @@ def load_diffusers_prior(
     root = Path(path)
     denoiser = next((root / d for d in _DENOISERS if (root / d).is_dir()), None)
     sched_file = root / "scheduler" / "scheduler_config.json"
+    if denoiser is None and (root / "config.json").is_file() and (root / "scheduler_config.json").is_file():
+        # the flat layout of the first diffusers hub repos (google/ddpm-cifar10-32, google/ddpm-ema-celebahq-256):
+        # the UNet's config and weights and the scheduler config all at the top, as DiffusionPipeline accepts
+        denoiser, sched_file = root, root / "scheduler_config.json"
     if denoiser is None or not sched_file.is_file():
         raise ValueError(
             f"{root} is not a diffusers pipeline directory: expected unet/ (or transformer/) and "
             "scheduler/scheduler_config.json (the layout that DDPMPipeline, LDMPipeline or "
-            "StableDiffusionPipeline.save_pretrained writes)"
+            "StableDiffusionPipeline.save_pretrained writes), or config.json + scheduler_config.json at the top"
         )
     from .loading import check_weights
 

@@ -90,8 +90,9 @@ def resolve_hub_dir(repo_id: str, kind: str = "prior") -> Path:
     except Exception as e:  # LocalEntryNotFoundError, HFValidationError, OfflineModeIsEnabled, ...
         raise ModelNotAvailableError(
             f"{kind} {repo_id!r} is not in the local Hugging Face cache and fiberscope never downloads at "
-            f"sampling time: run `huggingface-cli download {repo_id}` on a machine that reaches the hub "
-            f"(or copy its directory here and pass the path) [{type(e).__name__}]"
+            f"sampling time: run `hf download {repo_id}` (`huggingface-cli download {repo_id}` with an older "
+            f"huggingface_hub) on a machine that reaches the hub (or copy its directory here and pass the path) "
+            f"[{type(e).__name__}]"
         ) from None
 
 

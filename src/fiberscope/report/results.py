@@ -61,7 +61,10 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
         raise FileNotFoundError(f"results directory {root} does not exist")
     dirs = find_results(root)
     if not dirs:
-        raise FileNotFoundError(f"no fiberscope results (record.json) under {root}")
+        raise FileNotFoundError(
+            f"no fiberscope results (record.json) under {root}; point it at the --out of `fiberscope sample` "
+            "or `fiberscope audit`"
+        )
     rep = Report(title or f"fiberscope results: {root.name}", f"{len(dirs)} fiber(s) under {root.resolve()}")
     rep.paragraph(
         "Each grid shows the query, then its fiber samples with their fiber loss (squared L2 distance "
@@ -107,5 +110,10 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
         )
         rep.table(["line", "status", "unit", "error"], problems, left=4)
     path = Path(out) if out else root / "report.html"
-    atomic_write_text(path, rep.render())
+    try:
+        atomic_write_text(path, rep.render())
+    except OSError as e:  # exit 6 in the CLI: "cannot write output: ...; choose another --out"
+        from ..audit.runner import OutputWriteError
+
+        raise OutputWriteError(e.errno, f"{e.strerror} (writing {path})") from e
     return path

@@ -109,7 +109,7 @@ def build_open_clip_model(
         if hf_text and ("offline" in str(e).lower() or "cache" in str(e).lower() or "connect" in str(e).lower()):
             raise ModelNotAvailableError(
                 f"subject {spec!r}: its text tower is built from the transformers config of {hf_text!r}, which is not "
-                f"cached; run `huggingface-cli download {hf_text} config.json` on a machine that reaches the hub"
+                f"cached; run `hf download {hf_text} config.json` on a machine that reaches the hub"
             ) from None
         raise
     return model, info
@@ -146,7 +146,7 @@ def _tag_weights(oc: Any, model_name: str, tag: str, spec: str, trust_pickle: bo
     if path is None:
         raise ModelNotAvailableError(
             f"subject {spec!r}: weights for tag {tag!r} are not cached and fiberscope never downloads: run "
-            f"`huggingface-cli download {cfg.get('hf_hub', '').rstrip('/')}` (or fetch {cfg.get('url')}) on a machine "
+            f"`hf download {cfg.get('hf_hub', '').rstrip('/')}` (or fetch {cfg.get('url')}) on a machine "
             "that reaches the hub"
         )
     pre = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "size") if k in cfg}

@@ -13,7 +13,7 @@ Layers:
 ``fiberscope layers timm:NAME`` lists them with ``feature_info`` (channels, reduction).
 
 Weights: ``pretrained=True`` (default) reads the model's weights from the local Hugging Face cache
-(``huggingface-cli download timm/resnet50.a1_in1k``) or torch's hub cache, never downloading;
+(``hf download timm/resnet50.a1_in1k``) or torch's hub cache, never downloading;
 ``pretrained=False`` builds random weights. ``timm:hf-hub:org/name`` and ``timm:local-dir:/path``
 work too. Preprocessing is built from ``timm.data.resolve_model_data_config(model)``.
 
@@ -114,11 +114,7 @@ def build_timm_model(
                 )
             path = candidate
     if path is None:
-        fetch = (
-            f"huggingface-cli download {cfg.hf_hub_id}"
-            if cfg.hf_hub_id
-            else f"download {cfg.url} into {candidate.parent}"
-        )
+        fetch = f"hf download {cfg.hf_hub_id}" if cfg.hf_hub_id else f"download {cfg.url} into {candidate.parent}"
         raise ModelNotAvailableError(
             f"subject {spec!r}: timm weights for {name!r} are not cached and fiberscope never downloads: run `{fetch}` "
             "on a machine that reaches the hub (or pass pretrained=False for random weights)"

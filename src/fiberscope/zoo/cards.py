@@ -107,7 +107,11 @@ def write_card(name: str) -> Path:
             f"- Steps: {tr['steps']} at batch {cfg.get('batch_size')}, AdamW lr {cfg.get('lr')}, "
             f"EMA {cfg.get('ema')}, seed {cfg.get('seed')}.",
             f"- Wall time: {_fmt_minutes(tr.get('total_wall_seconds', tr['wall_seconds']))} on {hw}.",
-            f"- Finished {tr.get('finished')}; torch {tr.get('torch')}; final training loss {tr.get('final_loss')}.",
+            f"- Finished {tr.get('finished')}; torch {tr.get('torch')}; final training loss {tr.get('final_loss')}."
+            if not tr.get("interim")
+            else f"- **Interim weights**: step {tr['steps']} of the recipe's {tr.get('planned_steps')}, exported "
+            f"{tr.get('exported')} with `fiberscope zoo export {name}`; `fiberscope zoo train {name}` continues "
+            f"from the checkpoint. Torch {tr.get('torch')}; training loss {tr.get('final_loss')}.",
             "",
         ]
         recipe = tr.get("recipe", {})
@@ -144,6 +148,15 @@ def write_card(name: str) -> Path:
                 f"sample. Class frequencies of the samples (judge's argmax): {q['class_frequencies']}.",
                 "",
             ]
+            if "fd_reconstructions_vs_real" in q:
+                lines += [
+                    "The autoencoder bounds what a latent prior can reach: its reconstructions of the first "
+                    f"{q['n']} real test images lie at a Fréchet distance of {q['fd_reconstructions_vs_real']:.3f} "
+                    f"(ratio {q['fd_ratio_reconstructions']:.2f}) and the judge labels "
+                    f"{100 * q['judge_accuracy_reconstructions']:.1f}% of them correctly "
+                    f"({100 * q['judge_accuracy_real']:.1f}% of the originals).",
+                    "",
+                ]
             if "samples_colour_kl" in q:
                 lines += [
                     "Background colours against the true mixture (100 bins, mean over RGB):",

@@ -55,7 +55,7 @@ def evaluate_prior(
     entry = ZOO[name]
     prior = load_builtin_prior(name)
     judge = load_builtin_subject(entry.judge or "mnist-cnn", "logits")
-    real, _ = real_images(entry.dataset, "test", seed=seed)
+    real, labels = real_images(entry.dataset, "test", seed=seed)
     if 3 * n > len(real):
         raise ValueError(f"n={n} needs {3 * n} test images; the test split has {len(real)}")
     sampling = dict(entry.sampling)
@@ -93,6 +93,17 @@ def evaluate_prior(
         "sampling_seconds": sample_seconds,
         "seconds_per_sample": sample_seconds / n,
     }
+    if getattr(prior, "encoder", None) is not None:
+        # the autoencoder alone: its reconstructions of real test images bound what the latent prior can reach
+        with torch.no_grad():
+            rec = torch.cat([prior.decode(prior.encode(real[i : min(i + 250, n)])) for i in range(0, n, 250)]).clamp(
+                -1, 1
+            )
+        f_rec = _logits(judge, rec)
+        res["fd_reconstructions_vs_real"] = frechet_distance(f_rec, f_a)
+        res["fd_ratio_reconstructions"] = res["fd_reconstructions_vs_real"] / fd_real
+        res["judge_accuracy_reconstructions"] = float((f_rec.argmax(1) == labels[:n]).float().mean())
+        res["judge_accuracy_real"] = float((_logits(judge, real[:n]).argmax(1) == labels[:n]).float().mean())
     if entry.dataset == "colormnist":
         res.update({f"samples_{k}": v for k, v in colour_histogram_stats(out.images).items()})
         res.update({f"real_{k}": v for k, v in colour_histogram_stats(real[n : 2 * n]).items()})

@@ -8,10 +8,11 @@ for the rest. Settings live in :data:`RECIPES`; command-line overrides go throug
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "dataset": "mnist",
         "channels": 1,
         "unet": UNET_28,
-        "train": TrainConfig(steps=5_500, batch_size=128, lr=5e-4, warmup=300, min_lr_ratio=1.0, ema=0.9995, seed=0),
+        "train": TrainConfig(steps=9_000, batch_size=128, lr=5e-4, warmup=300, min_lr_ratio=1.0, ema=0.9995, seed=0),
     },
     "fashion-ddpm": {
         "kind": "pixel-ddpm",
@@ -169,7 +170,7 @@ def train_pixel_prior(
         workdir, model, _with_hflip(loss, recipe.get("hflip", False)), x, cfg, max_minutes=max_minutes, log=log
     )
     if meta["step"] >= cfg.steps:
-        _export_pixel(ema.unet, sched, WEIGHTS_DIR / name)
+        _export_pixel(ema.unet, sched, recipe["_out"])
     return meta
 
 
@@ -217,6 +218,9 @@ def export_checkpoint(
     unet.load_state_dict({k[len("ema.unet.") :]: v for k, v in tensors.items() if k.startswith("ema.unet.")})
     dest = Path(out) if out else WEIGHTS_DIR / name
     _export_pixel(unet, sched, dest)
+    meta = json.loads((wd / "state.json").read_text())
+    meta["config"] = asdict(RECIPES[name]["train"])
+    _write_training_record(name, dict(recipe), meta, dest)
     return dest
 
 
@@ -270,7 +274,7 @@ def train_classifier(
         xt, yt = _dataset_tensor(recipe["dataset"], "test", data_root)
         meta["test_accuracy"] = _accuracy(ema, xt, yt)
         log(f"test accuracy {meta['test_accuracy']:.4f}")
-        out = WEIGHTS_DIR / name
+        out = recipe["_out"]
         save_safetensors(out / "model.safetensors", ema.state_dict())
         atomic_write_json(
             out / "config.json",
@@ -319,7 +323,7 @@ def train_colorblind(
             meta["test_recon_mse"] = float(((rec - it) ** 2).mean())
         subject = ColorblindEmbed(dim)
         subject.encoder.load_state_dict(ema["enc"].state_dict())
-        out = WEIGHTS_DIR / name
+        out = recipe["_out"]
         save_safetensors(out / "model.safetensors", subject.state_dict(), half=True)
         save_safetensors(out / "decoder.safetensors", ema["dec"].state_dict(), half=True)
         atomic_write_json(
@@ -398,7 +402,7 @@ def train_colormnist_latent(
         with torch.no_grad():
             xb = _colour_batch((xt[:2000] + 1) / 2, torch.Generator().manual_seed(1))
             meta["vae_test_recon_mse"] = float(((vae_ema.decode(vae_ema.encode(xb)) - xb) ** 2).mean())
-        out = WEIGHTS_DIR / name
+        out = recipe["_out"]
         save_safetensors(out / "vae.safetensors", vae_ema.state_dict(), half=True)
         save_safetensors(out / "denoiser.safetensors", den_ema.state_dict(), half=True)
         save_safetensors(out / "latent_stats.safetensors", {"shift": shift, "scale": 1.0 / std})
@@ -441,35 +445,50 @@ def train(
     recipe = {**RECIPES[name], "_overrides": dict(overrides or {})}
     cfg: TrainConfig = replace(recipe["train"], **(overrides or {}))
     wd = Path(workdir) if workdir else Path.home() / ".cache" / "fiberscope" / "train" / name
+    # Only the recipe's own run replaces the shipped weights; a run with changed optimisation settings
+    # (a smoke test with steps=3, say) exports into its work directory instead.
+    harmless = {"threads", "checkpoint_every", "log_every"}
+    changed = sorted(k for k in (overrides or {}) if k not in harmless)
+    recipe["_out"] = wd / "weights" if changed else WEIGHTS_DIR / name
+    if changed:
+        log(f"settings {changed} differ from the recipe: weights go to {recipe['_out']}, not into the zoo")
     t0 = time.time()
     meta = _TRAINERS[recipe["kind"]](name, wd, cfg, recipe, data_root, max_minutes, log)
     meta["session_seconds"] = time.time() - t0
     summary = {k: v for k, v in meta.items() if k != "optimizer"}
     atomic_write_json(wd / "summary.json", summary)
-    out = WEIGHTS_DIR / name
-    finished = out.exists() and meta["step"] >= meta["config"]["steps"]
-    if finished:
-        stages = {"total_wall_seconds": meta["wall_seconds"] + meta.get("vae_wall_seconds", 0.0)}
-        losses = meta.get("losses", [])
-        atomic_write_json(
-            out / "training.json",
-            {
-                "name": name,
-                "command": f"fiberscope zoo train {name}",
-                "recipe": {k: v for k, v in recipe.items() if k not in ("train", "_overrides")},
-                "train_config": meta["config"],
-                "steps": meta["step"],
-                "wall_seconds": meta["wall_seconds"],
-                **stages,
-                "hardware": meta.get("hardware", []),
-                "torch": torch.__version__,
-                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "final_loss": losses[-1][1] if losses else None,
-                "loss_curve": losses[:: max(1, len(losses) // 40)],
-                **{k: v for k, v in meta.items() if k.startswith(("test_", "vae_test"))},
-            },
-        )
+    out = recipe["_out"]
+    if out.exists() and meta["step"] >= meta["config"]["steps"]:
+        _write_training_record(name, recipe, meta, out)
     return meta
+
+
+def _write_training_record(name: str, recipe: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
+    """``training.json`` beside the weights: what the card's "Training" section is written from."""
+    losses = meta.get("losses", [])
+    planned = int(RECIPES[name]["train"].steps)
+    interim = int(meta["step"]) < planned
+    atomic_write_json(
+        out / "training.json",
+        {
+            "name": name,
+            "command": f"fiberscope zoo train {name}",
+            "recipe": {k: v for k, v in recipe.items() if k not in ("train", "_overrides", "_out")},
+            "train_config": meta["config"],
+            "steps": meta["step"],
+            "planned_steps": planned,
+            "interim": interim,
+            "wall_seconds": meta["wall_seconds"],
+            "total_wall_seconds": meta["wall_seconds"] + meta.get("vae_wall_seconds", 0.0),
+            "hardware": meta.get("hardware", []),
+            "torch": torch.__version__,
+            "finished": None if interim else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "exported": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "final_loss": losses[-1][1] if losses else None,
+            "loss_curve": losses[:: max(1, len(losses) // 40)],
+            **{k: v for k, v in meta.items() if k.startswith(("test_", "vae_test"))},
+        },
+    )
 
 
 _TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {
