@@ -62,6 +62,12 @@ def test_nearest_neighbour_excludes_the_query():
     nb = nearest_neighbour(torch.tensor([[1.0]]), bank, exclude=4, query_image=query_image, bank_images=bank_images)
     assert nb.index == 2 and nb.loss == pytest.approx(0.01) and nb.excluded == 2
     assert nearest_neighbours(torch.tensor([[1.0]]), bank, 3, exclude=1).tolist() == [4, 2, 0]
+    # colour images: a query given without its batch dimension is still recognised as itself
+    colour = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 2, 2).clone()
+    nb = nearest_neighbour(torch.tensor([[1.0]]), bank, query_image=colour[1], bank_images=colour)
+    assert nb.index == 4 and nb.excluded == 1
+    with pytest.raises(ValueError, match="one image of the bank's shape"):
+        nearest_neighbour(torch.tensor([[1.0]]), bank, query_image=colour[1, :1], bank_images=colour)
     with pytest.raises(ValueError, match="k must be"):
         nearest_neighbours(torch.tensor([[1.0]]), bank, 5, exclude=1)
 

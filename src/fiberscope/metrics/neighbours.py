@@ -80,7 +80,14 @@ def _distances(
     if exclude is not None:
         mask[exclude] = True
     if query_image is not None and bank_images is not None:
-        diff = (bank_images.float().flatten(1).cpu() - query_image.float().flatten(1).cpu()).abs().mean(1)
+        bank_flat = bank_images.float().flatten(1).cpu()
+        q = query_image.float().cpu().reshape(1, -1)  # one image, with or without its batch dimension
+        if q.shape[1] != bank_flat.shape[1]:
+            raise ValueError(
+                f"query_image has {q.shape[1]} values but each bank image has {bank_flat.shape[1]}; "
+                "pass one image of the bank's shape"
+            )
+        diff = (bank_flat - q).abs().mean(1)
         mask |= diff < identity_threshold
     if bool(mask.all()):
         raise ValueError("every bank entry was excluded as identical to the query; give a larger bank")
