@@ -759,7 +759,24 @@ def run_bench(
     cfg = config if isinstance(config, BenchConfig) else BenchConfig.from_dict(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    say = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    from tqdm.auto import tqdm
+
+    def _n_units(pspec: Any) -> int:
+        return sum(
+            len(cfg.seeds[:1] if n == "nn" else cfg.seeds)
+            for n in list(cfg.methods) + list(cfg.baselines)
+            if not (n in cfg.methods and not method_applies(cfg.methods[n], pspec))
+        )
+
+    # one bar over all units; the per-unit lines are written above it
+    bar = tqdm(
+        total=sum(_n_units(p) for p in cfg.resolved_pairs()),
+        desc="bench",
+        unit="unit",
+        file=sys.stderr,
+        disable=not progress or log is not None,
+    )
+    say = log or (lambda s: bar.write(s, file=sys.stderr))
     if not progress:
         say = lambda s: None  # noqa: E731
     if cfg.threads:
@@ -775,6 +792,7 @@ def run_bench(
     for pspec in cfg.resolved_pairs():
         pair = _Pair(cfg, pspec, objects or {}, data or {}, say)
         units: dict[str, list[dict[str, Any]]] = {}
+        done_here = 0
         try:
             for name in names:
                 if name in cfg.methods and not method_applies(cfg.methods[name], pspec):
@@ -782,6 +800,8 @@ def run_bench(
                 seeds = cfg.seeds[:1] if name == "nn" else cfg.seeds
                 for seed in seeds:
                     rec, fresh = _run_unit(pair, name, cfg.methods.get(name), seed, out)
+                    bar.update(1)
+                    done_here += 1
                     units.setdefault(name, []).append(rec)
                     if "error" in rec:
                         say(f"[bench] {pspec.key} {name} seed {seed}: FAILED ({rec['error'][:200]})")
@@ -791,11 +811,13 @@ def run_bench(
                     say(f"[bench] {pspec.key} {name} seed {seed}: {cfg.metric} {loss:.4g} ({state})")
         except ModelNotAvailableError as e:  # a model of the zoo not trained yet: the other pairs go on
             say(f"[bench] {pspec.key}: skipped, {e}")
+            bar.update(_n_units(pspec) - done_here)
             skipped.append({"pair": pspec.key, "reason": str(e)})
             continue
         stats = pair.stats(out) if pair._loaded else (_read_json(out / "pairs" / f"{pspec.key}.json") or {})
         pairs_out.append(stats)
         rows += [_aggregate(name, recs, stats, cfg) for name, recs in units.items()]
+    bar.close()
     result = {
         "fiberscope_bench": 1,
         "config": cfg.to_dict(),
