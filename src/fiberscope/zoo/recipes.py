@@ -48,7 +48,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "dataset": "mnist",
         "channels": 1,
         "unet": UNET_28,
-        "train": TrainConfig(steps=5_500, batch_size=128, lr=5e-4, warmup=300, min_lr_ratio=1.0, ema=0.9995, seed=0),
+        "train": TrainConfig(steps=9_000, batch_size=128, lr=5e-4, warmup=300, min_lr_ratio=1.0, ema=0.9995, seed=0),
     },
     "fashion-ddpm": {
         "kind": "pixel-ddpm",
