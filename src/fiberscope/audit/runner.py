@@ -197,9 +197,7 @@ class ModelCache:
         lkey = json.dumps(layer, sort_keys=True)
 
         def make() -> Any:
-            # the built-in zoo ships safetensors only and its loader takes no options
-            trust = o.trust_pickle and not str(spec).startswith("builtin:")
-            kw = _with_trust(self._load_subject, trust, "subject")
+            kw = _with_trust(self._load_subject, o.trust_pickle, "subject")
             return self._load_subject(spec, layer, device=self.device, **kw)
 
         return self._get(self._subjects, ("subject", spec, lkey), make)
