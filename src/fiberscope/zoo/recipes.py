@@ -200,6 +200,11 @@ def _export_pixel(unet: torch.nn.Module, sched: Any, out: Path) -> None:
     DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(str(out), safe_serialization=True)
 
 
+def _workdir(name: str, workdir: str | os.PathLike[str] | None) -> Path:
+    """Where the checkpoints of ``name``'s training live (default ``~/.cache/fiberscope/train/NAME``)."""
+    return Path(workdir) if workdir else Path.home() / ".cache" / "fiberscope" / "train" / name
+
+
 def export_checkpoint(
     name: str, workdir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None
 ) -> Path:
@@ -212,7 +217,7 @@ def export_checkpoint(
     recipe = RECIPES[name]
     if not recipe["kind"].startswith("pixel-"):
         raise ValueError(f"export_checkpoint handles the pixel priors; {name!r} exports itself when trained")
-    wd = Path(workdir) if workdir else Path.home() / ".cache" / "fiberscope" / "train" / name
+    wd = _workdir(name, workdir)
     tensors = load_file(str(wd / "state.safetensors"))
     unet, sched = _pixel_parts(recipe)
     unet.load_state_dict({k[len("ema.unet.") :]: v for k, v in tensors.items() if k.startswith("ema.unet.")})
@@ -444,7 +449,7 @@ def train(
         raise ValueError(f"no training recipe named {name!r}; known: {sorted(RECIPES)}")
     recipe = {**RECIPES[name], "_overrides": dict(overrides or {})}
     cfg: TrainConfig = replace(recipe["train"], **(overrides or {}))
-    wd = Path(workdir) if workdir else Path.home() / ".cache" / "fiberscope" / "train" / name
+    wd = _workdir(name, workdir)
     # Only the recipe's own run replaces the shipped weights; a run with changed optimisation settings
     # (a smoke test with steps=3, say) exports into its work directory instead.
     harmless = {"threads", "checkpoint_every", "log_every"}
