@@ -3,6 +3,7 @@ subject is exactly colour-invariant, the card figures are reproduced by their co
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -155,3 +156,19 @@ def test_a_smoke_training_run_never_replaces_the_shipped_weights(tmp_path, monke
     )
     assert (tmp_path / "weights" / "model.safetensors").is_file()
     assert (weights_dir("mnist-cnn") / "model.safetensors").read_bytes() == shipped
+
+
+def test_cooldown_changes_only_the_tail_of_the_learning_rate_schedule():
+    """A constant-rate run extended with a cool-down is what the revised recipe does from scratch."""
+    from dataclasses import replace
+
+    from fiberscope.zoo.training import TrainConfig, lr_at
+
+    base = TrainConfig(steps=6_000, lr=5e-4, warmup=300, min_lr_ratio=1.0)
+    revised = replace(base, steps=9_000, cooldown=3_000)
+    assert all(lr_at(s, base) == lr_at(s, revised) for s in range(0, 6_000, 7))
+    tail = [lr_at(s, revised) for s in range(6_000, 9_000)]
+    assert all(a > b for a, b in itertools.pairwise(tail)), "the cool-down decreases monotonically"
+    assert tail[0] == pytest.approx(5e-4) and 0 < tail[-1] < 1e-6
+    with_cosine = TrainConfig(steps=1_000, lr=1e-3, warmup=10, min_lr_ratio=0.1)
+    assert lr_at(500, replace(with_cosine, cooldown=100)) == lr_at(500, with_cosine)

@@ -38,6 +38,7 @@ class TrainConfig:
     lr: float = 5e-4
     warmup: int = 200
     min_lr_ratio: float = 0.1
+    cooldown: int = 0
     weight_decay: float = 0.0
     ema: float = 0.999
     grad_clip: float = 1.0
@@ -56,11 +57,19 @@ def hardware_string() -> str:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio · lr`` at ``cfg.steps``."""
+    """Linear warm-up, then cosine decay to ``min_lr_ratio · lr`` at ``cfg.steps``.
+
+    With ``cooldown > 0`` the rate is further scaled linearly to zero over the last ``cooldown``
+    steps. Because it touches only the tail, a run trained at a constant rate can be extended with
+    a cool-down and still be reproduced exactly from scratch by the revised recipe.
+    """
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+    lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+    if cfg.cooldown > 0 and step >= cfg.steps - cfg.cooldown:
+        lr *= max(0.0, (cfg.steps - step) / cfg.cooldown)
+    return lr
 
 
 @torch.no_grad()
