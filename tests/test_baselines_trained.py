@@ -184,6 +184,11 @@ def test_recipes_cover_the_issue_and_validate_their_settings(tmp_path):
     h = R._recipe_hash(recipe, cfg)
     assert h == R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "threads": 1}))  # threads do not count
     assert h != R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "steps": 8}))
+    assert h != R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "cooldown": 3}))
+    # Pinned: a changed hash orphans every checkpoint already trained with the recipe (a new
+    # TrainConfig field at its default did that once). Change a pin only with the recipe itself.
+    pinned = {"svae-mnist": "07b27917dd12ecd1", "cfm-l0": "1bac7d01731a6577", "featinv-mnist": "bb82154891bd0592"}
+    assert {n: R._recipe_hash(RECIPES[n], RECIPES[n]["train"]) for n in pinned} == pinned
     assert R.resolve_recipe("cinn-mnist-cnn", overrides={"steps": 5})[0]["ae"]["train"]["steps"] == 5
     for bad, match in [({"nope": 1}, "no setting"), ({"kind": "svae"}, "cannot be changed")]:
         with pytest.raises(ValueError, match=match):
