@@ -739,7 +739,8 @@ def _load_init_unet(init: str | None) -> nn.Module | None:
             f"featinv starts from the pretrained UNet {init}, which has no weights in {d}; train it first "
             "(`fiberscope zoo train mnist-ddpm`) or train from scratch with `--set init=none`"
         )
-    return UNet2DModel.from_pretrained(str(d)).eval()
+    # a ~1 M-parameter UNet: plain loading, and no "install accelerate" warning when it is absent
+    return UNet2DModel.from_pretrained(str(d), low_cpu_mem_usage=False).eval()
 
 
 def _train_featinv(
