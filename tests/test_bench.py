@@ -148,3 +148,23 @@ def test_cli_reads_the_config_and_filters_methods(tmp_path, capsys):
     assert rc == 0 and [ln.split()[1] for ln in lines] == ["dps", "nn"] and "seed 3" in lines[0]
     rc = main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "o"), "--n", "0"])
     assert rc == 2 and "n must be" in capsys.readouterr().err
+
+
+def test_trained_tradeoff_script_plots_a_bench_and_names_a_missing_one(tmp_path, capsys):
+    """benchmarks/trained_tradeoff.py: a plot from results.json, and a one-line error without it."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "trained_tradeoff.py"
+    spec = importlib.util.spec_from_file_location("trained_tradeoff", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(tmp_path / "nowhere")]) == 2
+    assert "fiberscope bench --config benchmarks/bench_trained.yaml" in capsys.readouterr().err
+    row = {"pair_key": mod.PAIR, "nn_loss": 0.7, "diversity_pixel": [20.0, 1.0], "colour_kl": [1.4, 0.2]}
+    rows = [{**row, "method": m, "fiber_loss": {"rms": [v, 0.01]}} for m, v in (("ndtm", 0.4), ("cfm-l10", 0.3))]
+    (tmp_path / "results.json").write_text(json.dumps({"rows": rows}))
+    plot, grids = tmp_path / "p.png", tmp_path / "g.png"
+    assert mod.main([str(tmp_path), "--plot", str(plot), "--grids", str(grids)]) == 0
+    assert plot.stat().st_size > 10_000 and not grids.exists()  # no unit grids in this bench: skipped, said so
+    assert "no side-by-side grids" in capsys.readouterr().err
