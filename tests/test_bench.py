@@ -168,3 +168,29 @@ def test_trained_tradeoff_script_plots_a_bench_and_names_a_missing_one(tmp_path,
     assert mod.main([str(tmp_path), "--plot", str(plot), "--grids", str(grids)]) == 0
     assert plot.stat().st_size > 10_000 and not grids.exists()  # no unit grids in this bench: skipped, said so
     assert "no side-by-side grids" in capsys.readouterr().err
+
+
+def test_unit_cache_keys_follow_the_models_weights(tmp_path, monkeypatch):
+    """Retraining a prior or subject must rerun its units, not reuse numbers of the old weights."""
+    import os
+    import shutil
+
+    from fiberscope.bench import weights_fingerprint
+    from fiberscope.zoo import weights_dir
+
+    shipped = weights_fingerprint("builtin:mnist-cnn@logits")
+    assert shipped is not None and shipped == weights_fingerprint("builtin:mnist-cnn")  # the layer does not count
+    zoo = tmp_path / "zoo"
+    shutil.copytree(weights_dir("mnist-cnn"), zoo / "mnist-cnn")
+    monkeypatch.setenv("FIBERSCOPE_ZOO_DIR", str(zoo))
+    assert weights_fingerprint("builtin:mnist-cnn") == shipped  # same bytes, same key
+    f = next((zoo / "mnist-cnn").glob("*.safetensors"))
+    f.write_bytes(f.read_bytes()[:-1] + b"\x00")  # "retrained"
+    assert weights_fingerprint("builtin:mnist-cnn") not in (None, shipped)
+    local = tmp_path / "ckpt"
+    local.mkdir()
+    (local / "model.safetensors").write_bytes(b"x" * 10)
+    before = weights_fingerprint(str(local))
+    os.utime(local / "model.safetensors", ns=(1, 1))
+    assert before is not None and weights_fingerprint(str(local)) != before
+    assert weights_fingerprint("google/ddpm-cifar10-32") is None  # a hub id: its revision identifies it

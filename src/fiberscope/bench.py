@@ -26,8 +26,9 @@ Besides the guidance methods, two baselines that need no prior are judged the sa
 of the query). Outputs in ``--out``: ``bench.md`` (one table per pair), ``results.json``,
 ``loss_vs_cost.png``, ``loss_vs_realism.png``, and per unit ``units/PAIR/METHOD__seedS.{json,npz,png}``.
 A unit (one method, pair and seed over all queries) is written atomically with a hash of its
-settings; a rerun skips finished units whose settings did not change, so an interrupted bench
-resumes where it stopped.
+settings, which include a fingerprint of the prior's and the subject's weight files
+(:func:`weights_fingerprint`); a rerun skips finished units whose settings and weights did not
+change, so an interrupted bench resumes where it stopped and a retrained model is measured again.
 
 Sampling batches several queries together (each row its own target); sample ``j`` of query ``q``
 in seed ``s`` is exactly ``fs.sample_fiber(subject, query, prior, n, method, seed=run_seed)`` with
@@ -351,6 +352,45 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(jsonable(obj), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def weights_fingerprint(spec: str) -> str | None:
+    """What identifies the weights behind a prior or subject spec, for the cache keys of units.
+
+    ``builtin:NAME`` hashes the content of its safetensors files (small), ``baseline:NAME`` that of
+    the trained baseline's ``model.safetensors``, a local file or directory the names, sizes and
+    modification times of its weight files (checkpoints of several GB are not read); a hub id gives
+    ``None`` (its revision identifies it). So a retrained prior or subject reruns its units instead of
+    reusing results measured on the old weights.
+    """
+    name = spec.split("@", 1)[0]
+    h = hashlib.sha256()
+    try:
+        if name.startswith(("builtin:", "baseline:")):
+            kind, _, short = name.partition(":")
+            if kind == "builtin":
+                from .zoo.registry import weights_dir
+
+                root = weights_dir(short)
+            else:
+                from .baselines.common import model_dir
+
+                root = model_dir(short)
+            files = sorted(root.rglob("*.safetensors"))
+            for f in files:
+                h.update(f.relative_to(root).as_posix().encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            path = Path(name).expanduser()
+            if not path.exists():
+                return None
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for f in files:
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    except (OSError, ValueError):
+        return None
+    return h.hexdigest()[:16] if files else None
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -428,6 +468,7 @@ class _Pair:
         self.classifier: Reference | None = None
         self.reference_name: str | None = None
         self.classifier_name: str | None = None
+        self._weights: list[str | None] | None = None
 
     # ---- loading --------------------------------------------------------------------------------
     def _load_model_ref(self, spec_layer: str | None) -> tuple[Reference | None, str | None]:
@@ -578,8 +619,14 @@ class _Pair:
             "metric": c.metric,
             "reference": c.reference.get(self.pair.dataset or ""),
             "classifier": c.classifier.get(self.pair.dataset or ""),
+            "weights": self._weights_fingerprints(),
             "v": 1,
         }
+
+    def _weights_fingerprints(self) -> list[str | None]:
+        if self._weights is None:  # in-memory objects have no files: their names give None
+            self._weights = [weights_fingerprint(self.pair.prior), weights_fingerprint(self.pair.subject)]
+        return self._weights
 
     # ---- units ----------------------------------------------------------------------------------
     def unit_settings(self, method_name: str, method_cfg: dict[str, Any], seed: int) -> dict[str, Any]:
