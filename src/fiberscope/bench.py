@@ -365,19 +365,14 @@ def weights_fingerprint(spec: str) -> str | None:
     h = hashlib.sha256()
     try:
         if name.startswith(("builtin:", "baseline:")):
+            from .baselines.common import file_digest, model_dir
+            from .zoo.registry import weights_dir
+
             kind, _, short = name.partition(":")
-            if kind == "builtin":
-                from .zoo.registry import weights_dir
-
-                root = weights_dir(short)
-            else:
-                from .baselines.common import model_dir
-
-                root = model_dir(short)
+            root = weights_dir(short) if kind == "builtin" else model_dir(short)
             files = sorted(root.rglob("*.safetensors"))
             for f in files:
-                h.update(f.relative_to(root).as_posix().encode())
-                h.update(hashlib.sha256(f.read_bytes()).digest())
+                h.update(f"{f.relative_to(root).as_posix()}:{file_digest(f)}".encode())
         else:
             path = Path(name).expanduser()
             if not path.exists():
