@@ -185,6 +185,7 @@ def test_recipes_cover_the_issue_and_validate_their_settings(tmp_path):
     assert h == R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "threads": 1}))  # threads do not count
     assert h != R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "steps": 8}))
     assert h != R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "cooldown": 3}))
+    assert h != R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "restarts": ((5, {"lr": 1e-4}),)}))
     # Pinned: a changed hash orphans every checkpoint already trained with the recipe (a new
     # TrainConfig field at its default did that once). Change a pin only with the recipe itself.
     pinned = {"svae-mnist": "07b27917dd12ecd1", "cfm-l0": "1bac7d01731a6577", "featinv-mnist": "bb82154891bd0592"}

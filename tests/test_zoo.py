@@ -172,3 +172,24 @@ def test_cooldown_changes_only_the_tail_of_the_learning_rate_schedule():
     assert tail[0] == pytest.approx(5e-4) and 0 < tail[-1] < 1e-6
     with_cosine = TrainConfig(steps=1_000, lr=1e-3, warmup=10, min_lr_ratio=0.1)
     assert lr_at(500, replace(with_cosine, cooldown=100)) == lr_at(500, with_cosine)
+
+
+def test_a_warm_restart_extends_a_finished_schedule_without_changing_its_steps():
+    """mnist-flow's recipe: a run whose cool-down ended is extended by a restart, reproducibly."""
+    from dataclasses import replace
+
+    from fiberscope.zoo.training import TrainConfig, lr_at
+
+    base = TrainConfig(steps=9_000, lr=5e-4, warmup=300, min_lr_ratio=1.0, cooldown=3_000)
+    extended = replace(base, steps=13_500, restarts=((9_000, {"lr": 3e-4, "warmup": 200, "cooldown": 2_500}),))
+    assert all(lr_at(s, base) == lr_at(s, extended) for s in range(9_000))
+    assert lr_at(9_000, extended) == pytest.approx(3e-4 / 200)  # warm-up again from the restart
+    assert lr_at(9_199, extended) == lr_at(10_999, extended) == pytest.approx(3e-4)
+    tail = [lr_at(s, extended) for s in range(11_000, 13_500)]
+    assert all(a > b for a, b in itertools.pairwise(tail)) and 0 < tail[-1] < 1e-6
+    twice = replace(extended, steps=15_000, restarts=(*extended.restarts, (13_500, {"lr": 1e-4, "cooldown": 1_500})))
+    assert all(lr_at(s, twice) == lr_at(s, extended) for s in range(0, 13_500, 5))
+    assert lr_at(13_600, twice) == pytest.approx(1e-4 * 101 / 300)  # the warm-up of 300 steps is inherited
+    for restarts, match in [(((9_000, {"steps": 5}),), "may change lr"), (((14_000, {}),), "must increase")]:
+        with pytest.raises(ValueError, match=match):
+            lr_at(9_500, replace(extended, restarts=restarts))

@@ -208,8 +208,9 @@ def _coloured(grey: torch.Tensor, seed: int) -> torch.Tensor:
 
 def _recipe_hash(recipe: dict[str, Any], cfg: TrainConfig) -> str:
     c = {k: v for k, v in asdict(cfg).items() if k not in _NOT_HASHED}
-    if not c.get("cooldown"):  # a field added later: at its default it must not orphan earlier runs
-        c.pop("cooldown", None)
+    for later in ("cooldown", "restarts"):  # fields added later: at their defaults they must not orphan earlier runs
+        if not c.get(later):
+            c.pop(later, None)
     r = {k: v for k, v in recipe.items() if k not in ("train", "summary")}
     if isinstance(r.get("ae"), dict):  # the first stage's thread count does not change its result either
         r["ae"] = {**r["ae"], "train": {k: v for k, v in r["ae"].get("train", {}).items() if k not in _NOT_HASHED}}

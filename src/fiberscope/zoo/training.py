@@ -9,13 +9,14 @@ the settings recorded in each model card (:mod:`fiberscope.zoo.recipes`).
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,10 @@ class TrainConfig:
     warmup: int = 200
     min_lr_ratio: float = 0.1
     cooldown: int = 0
+    # Warm restarts: ``((start_step, {"lr": ..., "warmup": ..., "cooldown": ...}), ...)``. At each start
+    # the schedule begins again with those fields changed, running to the next start (or ``steps``).
+    # This is how a run whose schedule has ended is extended while its recipe still reproduces it.
+    restarts: tuple[tuple[int, dict[str, Any]], ...] = ()
     weight_decay: float = 0.0
     ema: float = 0.999
     grad_clip: float = 1.0
@@ -61,14 +66,32 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
     With ``cooldown > 0`` the rate is further scaled linearly to zero over the last ``cooldown``
     steps. Because it touches only the tail, a run trained at a constant rate can be extended with
-    a cool-down and still be reproduced exactly from scratch by the revised recipe.
+    a cool-down and still be reproduced exactly from scratch by the revised recipe. ``restarts``
+    extend a run whose schedule has already ended: each starts the schedule again (from step 0 of
+    its own segment, with its own ``lr``/``warmup``/``cooldown``/...) and leaves every earlier step
+    as it was.
     """
+    bounds = [0, *(int(s0) for s0, _ in cfg.restarts), cfg.steps]
+    if any(b >= c for b, c in itertools.pairwise(bounds)):
+        raise ValueError(f"restart steps must increase and lie inside (0, steps={cfg.steps}); got {bounds[1:-1]}")
+    i = sum(step >= b for b in bounds[1:-1])
+    seg = cfg
+    if i:
+        changes = dict(cfg.restarts[i - 1][1])
+        unknown = set(changes) - {"lr", "warmup", "min_lr_ratio", "cooldown"}
+        if unknown:
+            raise ValueError(f"a restart may change lr, warmup, min_lr_ratio and cooldown only; got {sorted(unknown)}")
+        seg = replace(cfg, **changes)
+    return _segment_lr(step - bounds[i], bounds[i + 1] - bounds[i], seg)
+
+
+def _segment_lr(step: int, steps: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    p = min(1.0, (step - cfg.warmup) / max(1, steps - cfg.warmup))
     lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
-    if cfg.cooldown > 0 and step >= cfg.steps - cfg.cooldown:
-        lr *= max(0.0, (cfg.steps - step) / cfg.cooldown)
+    if cfg.cooldown > 0 and step >= steps - cfg.cooldown:
+        lr *= max(0.0, (steps - step) / cfg.cooldown)
     return lr
 
 
