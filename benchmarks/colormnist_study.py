@@ -54,7 +54,7 @@ def _hash(obj: object) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     import fiberscope as fs
-    from fiberscope.bench import sample_queries
+    from fiberscope.bench import sample_queries, weights_fingerprint
     from fiberscope.losses import LOSSES
     from fiberscope.metrics import colour_histogram_stats
     from fiberscope.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> dict:
                 "queries": qidx.tolist(),
                 "colour_seed": args.colour_seed,
                 "v": 1,
+                # a retrained prior or subject is measured again instead of reusing these runs
+                "weights": [weights_fingerprint(s) for s in ("builtin:colormnist-latent", "builtin:colorblind-mnist")],
             }
             h = _hash(settings)
             base = out / f"gamma{g:g}_seed{seed}"

@@ -102,6 +102,18 @@ def evaluate_prior(
         f_rec = _logits(judge, rec)
         res["fd_reconstructions_vs_real"] = frechet_distance(f_rec, f_a)
         res["fd_ratio_reconstructions"] = res["fd_reconstructions_vs_real"] / fd_real
+        # how precisely the latent prior must place its samples: decode the same latents after adding
+        # Gaussian noise of these standard deviations (in the prior's normalised latent space)
+        g = torch.Generator().manual_seed(seed)
+        res["fd_ratio_reconstructions_noised"] = {}
+        with torch.no_grad():
+            for sd in (0.05, 0.1, 0.2):
+                noised = []
+                for i in range(0, n, 250):
+                    z = prior.encode(real[i : min(i + 250, n)])
+                    noised.append(prior.decode(z + sd * torch.randn(z.shape, generator=g)).clamp(-1, 1))
+                fd_sd = frechet_distance(_logits(judge, torch.cat(noised)), f_a)
+                res["fd_ratio_reconstructions_noised"][str(sd)] = fd_sd / fd_real
         res["judge_accuracy_reconstructions"] = float((f_rec.argmax(1) == labels[:n]).float().mean())
         res["judge_accuracy_real"] = float((_logits(judge, real[:n]).argmax(1) == labels[:n]).float().mean())
     if entry.dataset == "colormnist":

@@ -89,12 +89,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "colormnist-latent": {
         "kind": "colormnist-latent",
         "dataset": "mnist",
-        "latent_dim": 32,
+        "latent_dim": 64,
         "beta_kl": 0.05,
         "colourings": 2,
         "denoiser": {"width": 512, "blocks": 6, "temb": 64},
         "train": TrainConfig(seed=0),
-        "vae_train": {"steps": 3_000, "batch_size": 128, "lr": 1e-3, "warmup": 200, "ema": 0.999},
+        "vae_train": {"steps": 6_000, "batch_size": 128, "lr": 1e-3, "warmup": 200, "ema": 0.999},
         "denoiser_train": {
             "steps": 12_000,
             "batch_size": 512,

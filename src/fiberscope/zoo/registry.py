@@ -93,7 +93,7 @@ ZOO: dict[str, ZooEntry] = {
             "colormnist-latent",
             "prior",
             "colormnist",
-            "VAE on colour MNIST + ε-DDPM (residual MLP) on its 32-d latents (the paper's set-up)",
+            "VAE on colour MNIST + ε-DDPM (residual MLP) on its 64-d latents (the paper's set-up)",
             sampling={"steps": 200, "sampler": "ancestral"},
             judge="mnist-cnn",
             preset="builtin-colormnist",
