@@ -109,9 +109,18 @@ RECIPES: dict[str, dict[str, Any]] = {
         "dataset": "mnist",
         "channels": 1,
         "unet": UNET_28,
-        # Constant rate for 6,000 steps, then a linear cool-down to zero (added at step 5,500).
+        # Constant rate for 6,000 steps, then a linear cool-down to zero at 9,000 (added at step 5,500);
+        # extended at 9,000 by a warm restart at a lower rate with its own cool-down (added at 9,000).
         "train": TrainConfig(
-            steps=9_000, batch_size=128, lr=5e-4, warmup=300, min_lr_ratio=1.0, cooldown=3_000, ema=0.9995, seed=0
+            steps=13_500,
+            batch_size=128,
+            lr=5e-4,
+            warmup=300,
+            min_lr_ratio=1.0,
+            cooldown=3_000,
+            restarts=((9_000, {"lr": 3e-4, "warmup": 200, "cooldown": 2_500}),),
+            ema=0.9995,
+            seed=0,
         ),
     },
 }
