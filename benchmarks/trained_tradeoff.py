@@ -23,6 +23,31 @@ from pathlib import Path
 PAIR = "colormnist-latent__colorblind-mnist"
 
 
+def _label_points(ax, points: list[tuple[str, float, float]], size: float = 8.0) -> None:
+    """Name each point, moving a label up or down when it would cover one already placed."""
+    ax.autoscale_view()
+    to_pt = 72.0 / ax.figure.dpi
+    placed: list[tuple[float, float, float]] = []  # (left, bottom, right) of labels, in points
+    for name, x, y in sorted(points, key=lambda p: -p[2]):
+        px, py = (v * to_pt for v in ax.transData.transform((x, y)))
+        width = 0.55 * size * len(name)
+        for dy in (4, -12, 14, -22, 24, -32, 34, -42):
+            box = (px + 14, py + dy, px + 14 + width)
+            if all(abs(box[1] - b) >= size + 1 or box[2] <= left or box[0] >= right for left, b, right in placed):
+                break
+        placed.append(box)
+        moved = box[1] - py != 4
+        ax.annotate(
+            name,
+            (x, y),
+            textcoords="offset points",
+            xytext=(14 if moved else 4, box[1] - py),
+            fontsize=size,
+            va="center" if moved else "baseline",
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5", "shrinkA": 0, "shrinkB": 3} if moved else None,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench_dir", type=Path, help="output directory of the trained-baselines bench")
@@ -62,16 +87,16 @@ def main(argv: list[str] | None = None) -> int:
             colour = colour_of(r["method"])
             (x, dx), (y, dy) = r[key], r["fiber_loss"]["rms"]
             ax.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", color=colour, ms=6, capsize=2)
-            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_yscale("log")
+        if key == "colour_kl":
+            ax.set_xscale("log")
+        _label_points(ax, [(r["method"], r[key][0], r["fiber_loss"]["rms"][0]) for r in rows])
         nn = rows[0].get("nn_loss")
         if nn:
             ax.axhline(nn, color="gray", ls="--", lw=1)
             ax.text(0.01, nn, "nearest real", va="bottom", fontsize=8, color="gray", transform=ax.get_yaxis_transform())
         ax.set_xlabel(label)
         ax.set_ylabel("fiber loss (RMS, lower: in the fiber)")
-        ax.set_yscale("log")
-        if key == "colour_kl":
-            ax.set_xscale("log")
     fig.suptitle(
         "colour MNIST, colour-blind subject: guided at sampling time (ndtm*) vs trained once (cfm, cflow, cinn)"
     )
