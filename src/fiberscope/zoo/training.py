@@ -74,14 +74,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     bounds = [0, *(int(s0) for s0, _ in cfg.restarts), cfg.steps]
     if any(b >= c for b, c in itertools.pairwise(bounds)):
         raise ValueError(f"restart steps must increase and lie inside (0, steps={cfg.steps}); got {bounds[1:-1]}")
+    unknown = {k for _, changes in cfg.restarts for k in changes} - {"lr", "warmup", "min_lr_ratio", "cooldown"}
+    if unknown:  # checked at every step, so a bad recipe fails at its first step, not hours later
+        raise ValueError(f"a restart may change lr, warmup, min_lr_ratio and cooldown only; got {sorted(unknown)}")
     i = sum(step >= b for b in bounds[1:-1])
-    seg = cfg
-    if i:
-        changes = dict(cfg.restarts[i - 1][1])
-        unknown = set(changes) - {"lr", "warmup", "min_lr_ratio", "cooldown"}
-        if unknown:
-            raise ValueError(f"a restart may change lr, warmup, min_lr_ratio and cooldown only; got {sorted(unknown)}")
-        seg = replace(cfg, **changes)
+    seg = replace(cfg, **cfg.restarts[i - 1][1]) if i else cfg
     return _segment_lr(step - bounds[i], bounds[i + 1] - bounds[i], seg)
 
 
