@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> dict:
         f"nearest real image RMS {floors['nearest_neighbour_rms']:.4f}",
         file=sys.stderr,
     )
+    # a retrained prior or subject is measured again instead of reusing earlier runs
+    weights = [weights_fingerprint(s) for s in ("builtin:colormnist-latent", "builtin:colorblind-mnist")]
     runs = []
     for g in args.gammas:
         for seed in args.seeds:
@@ -92,8 +94,7 @@ def run(args: argparse.Namespace) -> dict:
                 "queries": qidx.tolist(),
                 "colour_seed": args.colour_seed,
                 "v": 1,
-                # a retrained prior or subject is measured again instead of reusing these runs
-                "weights": [weights_fingerprint(s) for s in ("builtin:colormnist-latent", "builtin:colorblind-mnist")],
+                "weights": weights,
             }
             h = _hash(settings)
             base = out / f"gamma{g:g}_seed{seed}"

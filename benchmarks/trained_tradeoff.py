@@ -36,7 +36,7 @@ def _label_points(ax, points: list[tuple[str, float, float]], size: float = 8.0)
             if all(abs(box[1] - b) >= size + 1 or box[2] <= left or box[0] >= right for left, b, right in placed):
                 break
         placed.append(box)
-        moved = box[1] - py != 4
+        moved = dy != 4
         ax.annotate(
             name,
             (x, y),

@@ -96,9 +96,8 @@ def evaluate_prior(
     if getattr(prior, "encoder", None) is not None:
         # the autoencoder alone: its reconstructions of real test images bound what the latent prior can reach
         with torch.no_grad():
-            rec = torch.cat([prior.decode(prior.encode(real[i : min(i + 250, n)])) for i in range(0, n, 250)]).clamp(
-                -1, 1
-            )
+            zs = [prior.encode(real[i : min(i + 250, n)]) for i in range(0, n, 250)]
+            rec = torch.cat([prior.decode(z) for z in zs]).clamp(-1, 1)
         f_rec = _logits(judge, rec)
         res["fd_reconstructions_vs_real"] = frechet_distance(f_rec, f_a)
         res["fd_ratio_reconstructions"] = res["fd_reconstructions_vs_real"] / fd_real
@@ -108,10 +107,7 @@ def evaluate_prior(
         res["fd_ratio_reconstructions_noised"] = {}
         with torch.no_grad():
             for sd in (0.05, 0.1, 0.2):
-                noised = []
-                for i in range(0, n, 250):
-                    z = prior.encode(real[i : min(i + 250, n)])
-                    noised.append(prior.decode(z + sd * torch.randn(z.shape, generator=g)).clamp(-1, 1))
+                noised = [prior.decode(z + sd * torch.randn(z.shape, generator=g)).clamp(-1, 1) for z in zs]
                 fd_sd = frechet_distance(_logits(judge, torch.cat(noised)), f_a)
                 res["fd_ratio_reconstructions_noised"][str(sd)] = fd_sd / fd_real
         res["judge_accuracy_reconstructions"] = float((f_rec.argmax(1) == labels[:n]).float().mean())
