@@ -95,13 +95,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         "denoiser": {"width": 512, "blocks": 6, "temb": 64},
         "train": TrainConfig(seed=0),
         "vae_train": {"steps": 6_000, "batch_size": 128, "lr": 1e-3, "warmup": 200, "ema": 0.999},
+        # Cosine from 1e-3 over 12,000 steps, then a warm restart at 3e-4 (added at 12,000).
         "denoiser_train": {
-            "steps": 12_000,
+            "steps": 24_000,
             "batch_size": 512,
             "lr": 1e-3,
             "warmup": 200,
             "ema": 0.9995,
             "min_lr_ratio": 0.05,
+            "restarts": ((12_000, {"lr": 3e-4, "warmup": 200}),),
         },
     },
     "mnist-flow": {
@@ -110,15 +112,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         "channels": 1,
         "unet": UNET_28,
         # Constant rate for 6,000 steps, then a linear cool-down to zero at 9,000 (added at step 5,500);
-        # extended at 9,000 by a warm restart at a lower rate with its own cool-down (added at 9,000).
+        # extended at 9,000 by a warm restart at a lower rate with its own cool-down (added at 9,000),
+        # and again at 13,500 (added at 13,500).
         "train": TrainConfig(
-            steps=13_500,
+            steps=19_500,
             batch_size=128,
             lr=5e-4,
             warmup=300,
             min_lr_ratio=1.0,
             cooldown=3_000,
-            restarts=((9_000, {"lr": 3e-4, "warmup": 200, "cooldown": 2_500}),),
+            restarts=(
+                (9_000, {"lr": 3e-4, "warmup": 200, "cooldown": 2_500}),
+                (13_500, {"lr": 3e-4, "warmup": 200, "cooldown": 3_000}),
+            ),
             ema=0.9995,
             seed=0,
         ),
