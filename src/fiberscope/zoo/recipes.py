@@ -95,15 +95,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         "denoiser": {"width": 512, "blocks": 6, "temb": 64},
         "train": TrainConfig(seed=0),
         "vae_train": {"steps": 6_000, "batch_size": 128, "lr": 1e-3, "warmup": 200, "ema": 0.999},
-        # Cosine from 1e-3 over 12,000 steps, then a warm restart at 3e-4 (added at 12,000).
+        # Cosine from 1e-3 over 12,000 steps, then warm restarts at 3e-4 (added at 12,000 and 24,000).
         "denoiser_train": {
-            "steps": 24_000,
+            "steps": 48_000,
             "batch_size": 512,
             "lr": 1e-3,
             "warmup": 200,
             "ema": 0.9995,
             "min_lr_ratio": 0.05,
-            "restarts": ((12_000, {"lr": 3e-4, "warmup": 200}),),
+            "restarts": ((12_000, {"lr": 3e-4, "warmup": 200}), (24_000, {"lr": 3e-4, "warmup": 200})),
         },
     },
     "mnist-flow": {
