@@ -267,24 +267,25 @@ def _plot(s: dict) -> bytes:
     ax.plot(px, py, "s", mfc="none", color="C3", label="reference (γ = 5, 10; 1,024 queries)")
     for g in sorted(PAPER):
         ax.annotate(f"γ={g:g}", PAPER[g], textcoords="offset points", xytext=(5, -10), fontsize=8, color="C3")
+
+    def hline(y: float, text: str, color: str, ls: str) -> None:  # label at the right end, under the line
+        ax.axhline(y, color=color, ls=ls, lw=1)
+        ax.annotate(text, (0.99, y), xycoords=("axes fraction", "data"), fontsize=7, color=color, ha="right",
+                    va="top", textcoords="offset points", xytext=(0, -2))  # fmt: skip
+
+    def vline(x: float, text: str, ls: str, at: float, side: int) -> None:  # label along the line
+        ax.axvline(x, color="grey", ls=ls, lw=1)
+        ax.annotate(text, (x, at), xycoords=("data", "axes fraction"), fontsize=7, color="grey", rotation=90,
+                    ha="left" if side > 0 else "right", va="bottom", textcoords="offset points",
+                    xytext=(2 * side, 0))  # fmt: skip
+
     if "floors" in s:
-        ax.axhline(s["floors"]["reconstruction_rms"], color="C2", ls="--", lw=1)
-        ax.annotate(
-            "query's own VAE reconstruction", (min(xs + px), s["floors"]["reconstruction_rms"]), fontsize=7, color="C2",
-            textcoords="offset points", xytext=(0, 3),
-        )  # fmt: skip
-        ax.axhline(s["floors"]["nearest_neighbour_rms"], color="C1", ls="--", lw=1)
-        ax.annotate(
-            "nearest real image", (min(xs + px), s["floors"]["nearest_neighbour_rms"]), fontsize=7, color="C1",
-            textcoords="offset points", xytext=(0, 3),
-        )  # fmt: skip
+        hline(s["floors"]["reconstruction_rms"], "query's own VAE reconstruction", "C2", "--")
+        hline(s["floors"]["nearest_neighbour_rms"], "nearest real image", "C1", "--")
         ys = [*ys, s["floors"]["nearest_neighbour_rms"]]
-    ax.axvline(s["real_images"]["colour_kl"], color="grey", ls=":", lw=1)
-    ax.annotate("real images (1,000)", (s["real_images"]["colour_kl"], max(ys + py)), fontsize=7, color="grey")
+    vline(s["real_images"]["colour_kl"], "real images (1,000)", ":", 0.02, -1)
     if "real_images_same_n" in s:
-        kl_n = s["real_images_same_n"]["colour_kl"]
-        ax.axvline(kl_n, color="grey", ls="-.", lw=1)
-        ax.annotate(f"real images ({s['queries']})", (kl_n, 0.6 * max(ys + py)), fontsize=7, color="grey")
+        vline(s["real_images_same_n"]["colour_kl"], f"real images ({s['queries']})", "-.", 0.3, 1)
     ax.set_xlabel("colour KL to the true mixture (consistency; lower is better)")
     ax.set_ylabel("RMS fiber loss (fidelity; lower is better)")
     if all(v > 0 for v in ys + py):
