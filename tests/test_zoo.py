@@ -97,7 +97,7 @@ def test_classifier_card_accuracy_is_reproduced(name):
 # Entries whose recorded Fréchet ratio misses the ≤ 3× target: more CPU training is due (each card
 # says so and by how much). Strict, so the suite flags the moment a retrained entry meets the target
 # and this list must shrink.
-BELOW_TARGET = {"mnist-flow", "colormnist-latent", "fashion-ddpm"}
+BELOW_TARGET = {"colormnist-latent", "fashion-ddpm"}
 
 
 @pytest.mark.parametrize(
