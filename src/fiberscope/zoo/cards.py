@@ -21,7 +21,7 @@ THRESHOLDS = {"fd_ratio": 3.0, "mnist-cnn": 0.985, "fashion-cnn": 0.89}
 #: are in the cards of the commits named, measured by the same command)
 HISTORY: dict[str, str] = {
     "mnist-flow": (
-        "Trained in three schedule segments, all in the recipe so that `fiberscope zoo train mnist-flow` "
+        "Trained in four stages, all in the recipe so that `fiberscope zoo train mnist-flow` "
         "from scratch repeats the same run: constant rate 5e-4 for 6,000 steps, a linear cool-down to zero at "
         "9,000 (added at step 5,500; card at commit 405e3d3: ratio 3.68), then a warm restart at 9,000 "
         "(`TrainConfig.restarts`: rate 3e-4 after a 200-step warm-up, cool-down over the last 2,500 steps; "
