@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,12 +62,19 @@ def test_bench_matrix_tables_plots_and_resume(toy, tmp_path):
         assert 0 <= r["label_agreement"][0] <= 1 and 0 <= r["prediction_agreement"][0] <= 1
         assert r["nn_loss"] > 0 and r["loss_over_nn"] > 0
     assert rows["nn"]["seeds"] == [0]
+    # "below NN": per (query, seed), recomputed here from the unit files and the pair's per-query NN losses
+    nn_q = [d["sq_l2"] for d in res["pairs"][0]["nn_losses"]]
+    unit_dir = tmp_path / "units" / "toy-prior__toy-cnn@head"
+    per = [json.loads((unit_dir / f"dps__seed{s}.json").read_text())["fiber_loss_per_query"]["sq_l2"] for s in (0, 1)]
+    wins = sum(a < b for p in per for a, b in zip(p, nn_q))
+    assert rows["dps"]["below_nn"] == [wins, 2 * len(nn_q)]
+    assert rows["dps"]["median_loss"] == pytest.approx(float(np.median([a for p in per for a in p])))
     assert rows["dps"]["forward_equivalents"][0] > rows["augment"]["forward_equivalents"][0] == 0
     assert rows["ndtm"]["method_config"]["inner_steps"] == 1
     for f in ("bench.md", "results.json", "loss_vs_cost.png", "loss_vs_realism.png", "config.json"):
         assert (tmp_path / f).stat().st_size > 0
     md = (tmp_path / "bench.md").read_text()
-    assert "| `ndtm` |" in md and "toy-prior × toy-cnn@head" in md and "±" in md
+    assert "| `ndtm` |" in md and "toy-prior × toy-cnn@head" in md and "±" in md and "below NN" in md
     assert json.loads((tmp_path / "results.json").read_text())["rows"]
     pair = res["pairs"][0]
     assert len(pair["query_indices"]) == 1 and pair["nn_indices"][0] != pair["query_indices"][0]
@@ -92,8 +100,6 @@ def test_bench_samples_equal_sample_fiber(toy, tmp_path):
     cfg = {**cfg, "queries": 2, "seeds": [0], "baselines": [], "methods": {"dps": cfg["methods"]["dps"]}}
     run_bench(cfg, tmp_path, objects=objects, data=data, progress=False)
     rec = json.loads((tmp_path / "units" / "toy-prior__toy-cnn@head" / "dps__seed0.json").read_text())
-    import numpy as np
-
     with np.load(tmp_path / "units" / "toy-prior__toy-cnn@head" / "dps__seed0.npz") as z:
         images, qidx = torch.from_numpy(z["images"]), z["query_indices"]
     q = 1

@@ -917,6 +917,16 @@ def _aggregate(name: str, recs: list[dict[str, Any]], stats: dict[str, Any], cfg
     row["nn_loss"] = nn
     m = row["fiber_loss"][cfg.metric][0]
     row["loss_over_nn"] = m / nn if nn else None
+    # per (query, seed): is the fiber closer to the query than that query's nearest real image? Means are
+    # pulled up by the few queries a method fails on; this count and the median are not.
+    nn_q = [d.get(cfg.metric) for d in stats.get("nn_losses") or []]
+    per = [r.get("fiber_loss_per_query", {}).get(cfg.metric) for r in recs]
+    if nn_q and all(p is not None and len(p) == len(nn_q) for p in per):
+        pairs = [(a, b) for p in per for a, b in zip(p, nn_q) if a is not None and b is not None]
+        if pairs:
+            row["below_nn"] = [sum(a < b for a, b in pairs), len(pairs)]
+            row["median_loss"] = float(np.median([a for a, _ in pairs]))
+            row["nn_median"] = float(np.median([b for b in nn_q if b is not None]))
     return row
 
 
@@ -950,7 +960,9 @@ def markdown(result: dict[str, Any]) -> str:
         "(floor: two real sets of the same size). Diversity = mean pairwise distance among the samples of a "
         "fiber. Cost = network calls per sample in forward-equivalents (backward = 2 forwards) of the sampling "
         "loop. `nn` = the n nearest real images (its cost: embedding the bank once per query); `augment` = n "
-        "random augmentations of the query (no network call).",
+        "random augmentations of the query (no network call). Below NN = in how many (query, seed) cases the "
+        "mean fiber loss of the query's samples is below that query's NN loss; median loss = the median of "
+        "those per-(query, seed) losses (against the NN median in the pair's header).",
         "",
     ]
     for sk in result.get("skipped", []):
@@ -966,7 +978,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## {p['prior']} × {subj}",
             "",
-            f"Data set `{p.get('dataset')}`; NN {metric} = {_fmt(rows[0].get('nn_loss'))}; reference "
+            f"Data set `{p.get('dataset')}`; NN {metric} = {_fmt(rows[0].get('nn_loss'))} "
+            f"(median over queries {_fmt(next((r['nn_median'] for r in rows if 'nn_median' in r), None))}); reference "
             f"`{st.get('reference') or '—'}` (FD floor {_fmt(st.get('realism_floor'))} at n = "
             f"{st.get('realism_n', '—')}); classifier `{st.get('classifier') or '—'}`.",
             "",
@@ -978,6 +991,8 @@ def markdown(result: dict[str, Any]) -> str:
             "method",
             f"fiber loss ({metric})",
             "loss / NN",
+            "below NN",
+            "median loss",
             "FD (ref)",
             "div. px",
             "div. feat",
@@ -997,6 +1012,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"`{r['method']}`",
                 _fmt(r["fiber_loss"][metric]),
                 _fmt(r.get("loss_over_nn")),
+                f"{r['below_nn'][0]}/{r['below_nn'][1]}" if r.get("below_nn") else "—",
+                _fmt(r.get("median_loss")),
                 _fmt(r.get("realism_fd")),
                 _fmt(r.get("diversity_pixel")),
                 _fmt(r.get("diversity_feature")),
