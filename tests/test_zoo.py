@@ -231,3 +231,41 @@ def test_colormnist_decoder_stage_retrains_only_the_decoder(tmp_path, monkeypatc
     assert all(torch.equal(with_stage[k], without[k]) for k in enc)
     assert any(not torch.equal(with_stage[k], without[k]) for k in dec)
     assert (weights_dir("colormnist-latent") / "vae.safetensors").read_bytes() == shipped
+
+
+def test_a_continue_stage_starts_from_stage_one_and_can_be_carried_to_another_machine(tmp_path, monkeypatch):
+    """fashion-ddpm's recipe: stage 2 trains on from stage 1's EMA weights; copying ``stage1/`` is enough."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from fiberscope.baselines.common import file_digest
+    from fiberscope.zoo import recipes
+
+    x = torch.rand(32, 1, 28, 28) * 2 - 1
+    monkeypatch.setattr(recipes, "_dataset_tensor", lambda *a, **k: (x, torch.zeros(32, dtype=torch.long)))
+    recipe = dict(recipes.RECIPES["fashion-ddpm"])
+    recipe.setdefault("continue", recipes.TrainConfig(steps=10, lr=1e-4, seed=1))
+    monkeypatch.setitem(recipes.RECIPES, "fashion-ddpm", recipe)
+    small = {"steps": 2, "threads": 1, "batch_size": 4, "warmup": 0, "cooldown": 0, "restarts": (), "ema": 0.5}
+    shipped = (weights_dir("fashion-ddpm") / recipes.PIXEL_WEIGHTS).read_bytes()
+    wd = tmp_path / "first"
+    recipes.train("fashion-ddpm", workdir=wd, overrides=small, log=lambda m: None)
+    assert (weights_dir("fashion-ddpm") / recipes.PIXEL_WEIGHTS).read_bytes() == shipped
+    rec = json.loads((wd / "weights" / "training.json").read_text())
+    assert [s["name"] for s in rec["stages"]] == ["train", "continue"]
+    assert rec["stages"][0]["weights_digest"] == file_digest(wd / "stage1" / recipes.PIXEL_WEIGHTS)
+    assert rec["stages"][1]["config"]["seed"] == recipe["continue"].seed
+    assert rec["steps"] == rec["planned_steps"] == 2 and not rec["interim"]
+    stage1 = load_file(wd / "stage1" / recipes.PIXEL_WEIGHTS)
+    final = load_file(wd / "weights" / recipes.PIXEL_WEIGHTS)
+    assert any(not torch.equal(stage1[k], final[k]) for k in final), "stage 2 trained"
+    # another machine: only stage 1's result, no checkpoint of either stage
+    other = tmp_path / "other"
+    shutil.copytree(wd / "stage1", other / "stage1")
+    logs: list[str] = []
+    recipes.train("fashion-ddpm", workdir=other, overrides=small, log=logs.append)
+    assert any("stage 2: starting from stage 1" in m for m in logs)
+    assert not (other / "state.json").exists(), "stage 1 was not run again"
+    again = load_file(other / "weights" / recipes.PIXEL_WEIGHTS)
+    assert all(torch.equal(final[k], again[k]) for k in final)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..utils import atomic_write_json
 from .training import (
+    Checkpoint,
     TrainConfig,
     diffusion_eps_loss,
     flow_velocity_loss,
@@ -61,10 +62,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         # cannot afford to learn it from scratch a second time.
         "init_from": "mnist-ddpm",
         # Constant rate for 5,000 steps, then a linear cool-down to zero (added at step 4,750, so
-        # the shipped run is exactly what this recipe does from scratch); extended at 7,000 and again at
-        # 10,000 by warm restarts at a lower rate, each with its own cool-down (added at 7,000 and 10,000).
+        # the shipped run is exactly what this recipe does from scratch); extended at 7,000, 10,000 and
+        # 15,000 by warm restarts at a lower rate, each with its own cool-down (each added when it began).
         "train": TrainConfig(
-            steps=15_000,
+            steps=21_000,
             batch_size=128,
             lr=5e-4,
             warmup=300,
@@ -73,6 +74,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             restarts=(
                 (7_000, {"lr": 3e-4, "warmup": 200, "cooldown": 1_500}),
                 (10_000, {"lr": 3e-4, "warmup": 200, "cooldown": 2_000}),
+                (15_000, {"lr": 3e-4, "warmup": 200, "cooldown": 2_500}),
             ),
             ema=0.9995,
             seed=0,
@@ -197,28 +199,90 @@ def train_pixel_prior(
     max_minutes: float | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
+    """A pixel DDPM or rectified flow; with a ``continue`` stage in the recipe, trained in two stages.
+
+    Stage 1 trains ``recipe["train"]`` in ``workdir`` (from ``init_from``'s weights when given). A
+    ``continue`` stage then trains on from stage 1's EMA weights with a fresh optimiser, in
+    ``workdir/continue``. Stage 1's result is kept as a zoo-style directory in ``workdir/stage1``
+    (weights + ``training.json``); when it is there, stage 2 starts from it without stage 1's
+    checkpoint, so a stage-1 result can be carried to another machine by copying that directory.
+    """
     torch.manual_seed(cfg.seed)
     unet, sched = _pixel_parts(recipe)
-    if recipe.get("init_from") and not (workdir / "state.safetensors").exists():
-        from safetensors.torch import load_file
-
-        src = WEIGHTS_DIR / recipe["init_from"] / "unet" / "diffusion_pytorch_model.safetensors"
-        if not src.exists():
-            raise FileNotFoundError(f"{name} starts from {recipe['init_from']}'s weights; train that first ({src})")
-        unet.load_state_dict(load_file(str(src)))
-        log(f"initialised from {recipe['init_from']}")
     model = _UNetEps(unet)
     x, _ = _dataset_tensor(recipe["dataset"], "train", data_root)
     if recipe["kind"] == "pixel-ddpm":
         loss = diffusion_eps_loss(sched.alphas_cumprod.float(), snr_gamma=5.0)
     else:
         loss = flow_velocity_loss(1000)
-    ema, meta = run_training(
-        workdir, model, _with_hflip(loss, recipe.get("hflip", False)), x, cfg, max_minutes=max_minutes, log=log
-    )
-    if meta["step"] >= cfg.steps:
+    loss = _with_hflip(loss, recipe.get("hflip", False))
+    stage2 = recipe.get("continue")
+    if stage2 is None:
+        if not Checkpoint(workdir).exists():
+            _init_from(unet, recipe, name, log)
+        ema, meta = run_training(workdir, model, loss, x, cfg, max_minutes=max_minutes, log=log)
+        if meta["step"] >= cfg.steps:
+            _export_pixel(ema.unet, sched, recipe["_out"])
+        return meta
+    cfg2 = replace(stage2, **recipe.get("_overrides", {}))
+    wd2, stage1_dir = workdir / "continue", workdir / "stage1"
+    if not Checkpoint(wd2).exists():
+        if not (stage1_dir / PIXEL_WEIGHTS).exists():
+            if not Checkpoint(workdir).exists():
+                _init_from(unet, recipe, name, log)
+            ema1, meta1 = run_training(workdir, model, loss, x, cfg, max_minutes=max_minutes, log=log)
+            if meta1["step"] < cfg.steps:
+                return meta1
+            _export_pixel(ema1.unet, sched, stage1_dir)
+            _write_training_record(name, dict(recipe), meta1, stage1_dir, planned=cfg.steps)
+        from safetensors.torch import load_file
+
+        unet.load_state_dict(load_file(str(stage1_dir / PIXEL_WEIGHTS)))
+        log(f"stage 2: starting from stage 1's EMA weights in {stage1_dir}")
+    ema, meta = run_training(wd2, model, loss, x, cfg2, max_minutes=max_minutes, log=log)
+    meta["stages"] = _stages(stage1_dir, cfg, meta)
+    if meta["step"] >= cfg2.steps:
         _export_pixel(ema.unet, sched, recipe["_out"])
     return meta
+
+
+PIXEL_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
+
+
+def _init_from(unet: torch.nn.Module, recipe: dict[str, Any], name: str, log: Callable[[str], None]) -> None:
+    if not recipe.get("init_from"):
+        return
+    from safetensors.torch import load_file
+
+    src = WEIGHTS_DIR / recipe["init_from"] / PIXEL_WEIGHTS
+    if not src.exists():
+        raise FileNotFoundError(f"{name} starts from {recipe['init_from']}'s weights; train that first ({src})")
+    unet.load_state_dict(load_file(str(src)))
+    log(f"initialised from {recipe['init_from']}")
+
+
+def _stages(stage1_dir: Path, cfg: TrainConfig, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a two-stage training record says of its stages (``meta``: the ``continue`` stage's state).
+
+    Stage 1: its steps, wall time, hardware and weights' digest, from ``stage1_dir``.
+    """
+    from ..baselines.common import file_digest
+
+    rec_path = stage1_dir / "training.json"
+    rec = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+    stage2 = {"name": "continue", "steps": meta["step"], "wall_seconds": meta["wall_seconds"], "config": meta["config"]}
+    return [
+        {
+            "name": "train",
+            "steps": rec.get("steps"),
+            "wall_seconds": rec.get("total_wall_seconds", rec.get("wall_seconds", 0.0)),
+            "hardware": rec.get("hardware", []),
+            "final_loss": rec.get("final_loss"),
+            "weights_digest": file_digest(stage1_dir / PIXEL_WEIGHTS),  # first 16 hex digits of its SHA-256
+            "config": rec.get("train_config", asdict(cfg)),
+        },
+        stage2,
+    ]
 
 
 def _pixel_parts(recipe: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
@@ -257,7 +321,8 @@ def export_checkpoint(
 ) -> Path:
     """Export the EMA weights of a (possibly unfinished) pixel-prior training run as a zoo entry.
 
-    Lets a long CPU training be inspected (``FIBERSCOPE_ZOO_DIR=DIR``) before it ends.
+    Lets a long CPU training be inspected (``FIBERSCOPE_ZOO_DIR=DIR``) before it ends. With a
+    ``continue`` stage under way, that stage's checkpoint is the one exported.
     """
     from safetensors.torch import load_file
 
@@ -265,13 +330,21 @@ def export_checkpoint(
     if not recipe["kind"].startswith("pixel-"):
         raise ValueError(f"export_checkpoint handles the pixel priors; {name!r} exports itself when trained")
     wd = _workdir(name, workdir)
-    tensors = load_file(str(wd / "state.safetensors"))
+    stage2 = recipe.get("continue") is not None and Checkpoint(wd / "continue").exists()
+    src = wd / "continue" if stage2 else wd
+    if not Checkpoint(src).exists():
+        raise FileNotFoundError(
+            f"no training checkpoint of {name} in {src}; start one with `fiberscope zoo train {name}`"
+        )
+    tensors = load_file(str(src / "state.safetensors"))
     unet, sched = _pixel_parts(recipe)
     unet.load_state_dict({k[len("ema.unet.") :]: v for k, v in tensors.items() if k.startswith("ema.unet.")})
     dest = Path(out) if out else WEIGHTS_DIR / name
     _export_pixel(unet, sched, dest)
-    meta = json.loads((wd / "state.json").read_text())
-    meta["config"] = asdict(RECIPES[name]["train"])
+    meta = json.loads((src / "state.json").read_text())
+    meta["config"] = asdict(recipe["continue"] if stage2 else recipe["train"])
+    if stage2:
+        meta["stages"] = _stages(wd / "stage1", recipe["train"], meta)
     _write_training_record(name, dict(recipe), meta, dest)
     return dest
 
@@ -559,34 +632,47 @@ def train(
     return meta
 
 
-def _write_training_record(name: str, recipe: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
-    """``training.json`` beside the weights: what the card's "Training" section is written from."""
+def _write_training_record(
+    name: str, recipe: dict[str, Any], meta: dict[str, Any], out: Path, planned: int | None = None
+) -> None:
+    """``training.json`` beside the weights: what the card's "Training" section is written from.
+
+    For a two-stage recipe ``train_config``, ``steps`` and ``loss_curve`` describe the last stage,
+    ``stages`` lists both, and the wall time and hardware cover both.
+    """
     losses = meta.get("losses", [])
-    planned = int(RECIPES[name]["train"].steps)
+    if planned is None:  # the steps of the schedule in effect (an export of an unfinished run is interim)
+        planned = int(meta["config"]["steps"])
     interim = int(meta["step"]) < planned
-    atomic_write_json(
-        out / "training.json",
-        {
-            "name": name,
-            "command": f"fiberscope zoo train {name}",
-            "recipe": {k: v for k, v in recipe.items() if k not in ("train", "_overrides", "_out")},
-            "train_config": meta["config"],
-            "steps": meta["step"],
-            "planned_steps": planned,
-            "interim": interim,
-            "wall_seconds": meta["wall_seconds"],
-            "total_wall_seconds": meta["wall_seconds"]
-            + meta.get("vae_wall_seconds", 0.0)
-            + meta.get("decoder_wall_seconds", 0.0),
-            "hardware": meta.get("hardware", []),
-            "torch": torch.__version__,
-            "finished": None if interim else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "exported": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "final_loss": losses[-1][1] if losses else None,
-            "loss_curve": losses[:: max(1, len(losses) // 40)],
-            **{k: v for k, v in meta.items() if k.startswith(("test_", "vae_test"))},
-        },
-    )
+    stages = meta.get("stages") or []
+    earlier = [s for s in stages if s.get("name") != "continue"]
+    hardware = list(meta.get("hardware", []))
+    for s in earlier:
+        hardware = [*(h for h in s.get("hardware", []) if h not in hardware), *hardware]
+    record: dict[str, Any] = {
+        "name": name,
+        "command": f"fiberscope zoo train {name}",
+        "recipe": {k: v for k, v in recipe.items() if k not in ("train", "continue", "_overrides", "_out")},
+        "train_config": meta["config"],
+        "steps": meta["step"],
+        "planned_steps": planned,
+        "interim": interim,
+        "wall_seconds": meta["wall_seconds"],
+        "total_wall_seconds": meta["wall_seconds"]
+        + meta.get("vae_wall_seconds", 0.0)
+        + meta.get("decoder_wall_seconds", 0.0)
+        + sum(float(s.get("wall_seconds") or 0.0) for s in earlier),
+        "hardware": hardware,
+        "torch": torch.__version__,
+        "finished": None if interim else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "exported": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "final_loss": losses[-1][1] if losses else None,
+        "loss_curve": losses[:: max(1, len(losses) // 40)],
+        **{k: v for k, v in meta.items() if k.startswith(("test_", "vae_test"))},
+    }
+    if stages:
+        record["stages"] = stages
+    atomic_write_json(out / "training.json", record)
 
 
 _TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {
