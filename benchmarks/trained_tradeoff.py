@@ -20,32 +20,9 @@ import json
 import sys
 from pathlib import Path
 
+from fiberscope.report.plotting import label_points
+
 PAIR = "colormnist-latent__colorblind-mnist"
-
-
-def _label_points(ax, points: list[tuple[str, float, float]], size: float = 8.0) -> None:
-    """Name each point, moving a label up or down when it would cover one already placed."""
-    ax.autoscale_view()
-    to_pt = 72.0 / ax.figure.dpi
-    placed: list[tuple[float, float, float]] = []  # (left, bottom, right) of labels, in points
-    for name, x, y in sorted(points, key=lambda p: -p[2]):
-        px, py = (v * to_pt for v in ax.transData.transform((x, y)))
-        width = 0.55 * size * len(name)
-        for dy in (4, -12, 14, -22, 24, -32, 34, -42):
-            box = (px + 14, py + dy, px + 14 + width)
-            if all(abs(box[1] - b) >= size + 1 or box[2] <= left or box[0] >= right for left, b, right in placed):
-                break
-        placed.append(box)
-        moved = dy != 4
-        ax.annotate(
-            name,
-            (x, y),
-            textcoords="offset points",
-            xytext=(14 if moved else 4, box[1] - py),
-            fontsize=size,
-            va="center" if moved else "baseline",
-            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5", "shrinkA": 0, "shrinkB": 3} if moved else None,
-        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return next((c for prefix, c in families.items() if method.startswith(prefix)), "tab:gray")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = []
     for ax, key, label in (
         (axes[0], "colour_kl", "colour KL to the data's mixture (lower: natural colours)"),
         (axes[1], "diversity_pixel", "diversity: mean pairwise pixel distance within a fiber"),
@@ -90,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_yscale("log")
         if key == "colour_kl":
             ax.set_xscale("log")
-        _label_points(ax, [(r["method"], r[key][0], r["fiber_loss"]["rms"][0]) for r in rows])
+        labels.append((ax, [(r["method"], r[key][0], r["fiber_loss"]["rms"][0]) for r in rows]))
         nn = rows[0].get("nn_loss")
         if nn:
             ax.axhline(nn, color="gray", ls="--", lw=1)
@@ -101,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         "colour MNIST, colour-blind subject: guided at sampling time (ndtm*) vs trained once (cfm, cflow, cinn)"
     )
     fig.tight_layout()
+    for ax, points in labels:
+        label_points(ax, points)
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.plot, dpi=110)
     print(f"wrote {args.plot} ({len(rows)} methods)")

@@ -200,3 +200,33 @@ def test_unit_cache_keys_follow_the_models_weights(tmp_path, monkeypatch):
     os.utime(local / "model.safetensors", ns=(1, 1))
     assert before is not None and weights_fingerprint(str(local)) != before
     assert weights_fingerprint("google/ddpm-cifar10-32") is None  # a hub id: its revision identifies it
+
+
+def test_plot_labels_of_crowded_points_neither_overlap_nor_leave_the_axes():
+    """The bench plots name every method; a cluster of nearby points must still give readable labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fiberscope.report.plotting import label_points
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    points = [(name, 800 * 1.05**i, 8 * 1.04**i) for i, name in enumerate(["dps", "freedom", "tfg", "ugd", "mpgd"])]
+    points += [("nn", 2500.0, 0.5), ("unguided", 50.0, 60.0), ("augment", 1.0, 10.0)]
+    ax.scatter([p[1] for p in points], [p[2] for p in points])
+    fig.tight_layout()
+    label_points(ax, points, size=7)
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    for t in ax.texts:
+        t.update_positions(renderer)
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text alone, not its leader line
+    assert sorted(t.get_text() for t in ax.texts) == sorted(p[0] for p in points)
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)

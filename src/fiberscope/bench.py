@@ -75,6 +75,7 @@ from .metrics.neighbours import nearest_neighbour, nearest_neighbours
 from .metrics.realism import Reference, default_reference, load_reference
 from .priors.base import CallCounter, Prior
 from .priors.loading import ModelNotAvailableError
+from .report.plotting import label_points
 from .subjects.base import Subject
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
 
@@ -1062,7 +1063,12 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
         ncol = min(k, 3)
         nrow = (k + ncol - 1) // ncol
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.8 * nrow), squeeze=False)
+        labels = []
         for ax, (key, rows) in zip(axes.flat, by_pair.items()):
+            if xlog:
+                ax.set_xscale("log")
+            ax.set_yscale("log")
+            points = []
             for r in rows:
                 x = r.get(xkey)
                 y = r["fiber_loss"][metric]
@@ -1070,14 +1076,12 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
                     continue
                 xv = max(x[0], 1.0) if xlog else x[0]
                 ax.errorbar(xv, y[0], yerr=y[1], xerr=None if xlog else x[1], fmt="o", color=colours[r["method"]])
-                ax.annotate(r["method"], (xv, y[0]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+                points.append((r["method"], xv, y[0]))
             nn = rows[0].get("nn_loss")
             if nn:
                 ax.axhline(nn, color="grey", ls="--", lw=1)
                 ax.annotate("nearest real", (0.02, nn), xycoords=("axes fraction", "data"), fontsize=7, color="grey")
-            if xlog:
-                ax.set_xscale("log")
-            ax.set_yscale("log")
+            labels.append((ax, points))
             ax.set_title(key, fontsize=9)
             ax.set_xlabel(xlabel, fontsize=8)
             ax.set_ylabel(f"fiber loss ({metric})", fontsize=8)
@@ -1085,6 +1089,8 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
         for ax in list(axes.flat)[len(by_pair) :]:
             ax.axis("off")
         fig.tight_layout()
+        for ax, points in labels:
+            label_points(ax, points, size=7)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
         plt.close(fig)
