@@ -230,3 +230,44 @@ def test_plot_labels_of_crowded_points_neither_overlap_nor_leave_the_axes():
     assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     plt.close(fig)
+
+
+def test_plot_error_bars_stay_on_a_log_axis_when_the_spread_exceeds_the_mean(tmp_path, monkeypatch):
+    """A mean set by one failing seed has std > mean; its bar must not run to zero on the log y axis."""
+    from matplotlib.axes import Axes
+
+    from fiberscope.bench import plot
+
+    bars = []
+    real_errorbar = Axes.errorbar
+
+    def spy(self, x, y, *args, yerr=None, **kwargs):
+        bars.append((y, yerr))
+        return real_errorbar(self, x, y, *args, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(Axes, "errorbar", spy)
+    rows = [
+        {
+            "pair_key": "p",
+            "method": "ndtm",
+            "forward_equivalents": [680.0, 0.0],
+            "realism_fd": [27.6, 0.8],
+            "fiber_loss": {"sq_l2": [0.245, 0.28]},
+            "nn_loss": 0.35,
+        },
+        {
+            "pair_key": "p",
+            "method": "dps",
+            "forward_equivalents": [300.0, 0.0],
+            "realism_fd": [30.2, 5.5],
+            "fiber_loss": {"sq_l2": [8.8, 2.0]},
+            "nn_loss": 0.35,
+        },
+    ]
+    written = plot({"config": {"metric": "sq_l2"}, "rows": rows}, tmp_path)
+    assert [p.name for p in written] == ["loss_vs_cost.png", "loss_vs_realism.png"]
+    assert len(bars) == 4
+    for y, ((lo,), (hi,)) in bars:
+        assert y - lo > 0 and hi > 0
+    assert (0.245, [[0.9 * 0.245], [0.28]]) in [(y, [list(a) for a in e]) for y, e in bars]
+    assert (8.8, [[2.0], [2.0]]) in [(y, [list(a) for a in e]) for y, e in bars]

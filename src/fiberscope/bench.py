@@ -1075,7 +1075,11 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
                 if x is None or x[0] is None or y[0] is None or not (math.isfinite(x[0]) and math.isfinite(y[0])):
                     continue
                 xv = max(x[0], 1.0) if xlog else x[0]
-                ax.errorbar(xv, y[0], yerr=y[1], xerr=None if xlog else x[1], fmt="o", color=colours[r["method"]])
+                # the y axis is logarithmic: a ± std bar that reaches zero or below would run off the
+                # panel and read as "could be anything", so its lower arm is cut at a tenth of the mean
+                lo = min(y[1] or 0.0, 0.9 * y[0])
+                yerr = [[lo], [y[1] or 0.0]]
+                ax.errorbar(xv, y[0], yerr=yerr, xerr=None if xlog else x[1], fmt="o", color=colours[r["method"]])
                 points.append((r["method"], xv, y[0]))
             nn = rows[0].get("nn_loss")
             if nn:
@@ -1088,7 +1092,15 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
             ax.tick_params(labelsize=7)
         for ax in list(axes.flat)[len(by_pair) :]:
             ax.axis("off")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.035, 1, 1))
+        fig.text(
+            0.01,
+            0.008,
+            "bars: ± 1 std across sampling seeds (lower arm cut at a tenth of the mean on the log axis); "
+            "dashed: the nearest real image's fiber loss",
+            fontsize=7,
+            color="grey",
+        )
         for ax, points in labels:
             label_points(ax, points, size=7)
         buf = io.BytesIO()

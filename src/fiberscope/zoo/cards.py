@@ -34,8 +34,11 @@ HISTORY: dict[str, str] = {
         "about 1 s per step (batch 128). Interim weights at 3,000 steps scored 11.1 (commit f5fb56c); the "
         "recipe's first schedule (7,000 steps, cool-down over the last 2,000) 6.1 (commit b9a29fa); a warm "
         "restart to 10,000 steps 5.28 (commit d3b4925); a second restart to 15,000 steps 4.48 (commit 0051991), "
-        "and a third, to 21,000 steps (cool-down over the last 2,500), the figure above. The ratio has fallen "
-        "as a steady power of the steps, about steps^-0.41 from 7,000 to 21,000. Other samplers do not help: "
+        "and a third, to 21,000 steps (cool-down over the last 2,500), 3.89 (commit 663e7f7). The ratio had "
+        "fallen as a steady power of the steps, about steps^-0.41 from 7,000 to 21,000, which predicted about "
+        "3.1 after the second stage's 14,000 more steps (constant rate, cool-down over the last 5,000); it "
+        "scored the figure above instead: at about 1M parameters the model has plateaued, and more CPU "
+        "steps of this recipe will not reach 3. Other samplers do not help: "
         "on the 15,000-step "
         "weights (ratio 4.48 with the registered 100 DDIM steps at η = 1) deterministic DDIM (η = 0) scored "
         "5.73, 50 steps at η = 1 7.04, and 200 ancestral steps 5.07 (n = 1,000 each, "
@@ -166,7 +169,8 @@ def write_card(name: str) -> Path:
     lines.append("")
     lines += ["## Training", ""]
     if tr:
-        hw = "; ".join(tr.get("hardware", [])) or "unknown"
+        # records written before hardware_string() learnt the singular say "1 threads"
+        hw = "; ".join(h.replace(", 1 threads,", ", 1 thread,") for h in tr.get("hardware", [])) or "unknown"
         cfg = tr.get("train_config", {})
         lines += [
             f"- Command: `{tr['command']}` (resumable; checkpoints in `~/.cache/fiberscope/train/{name}`).",

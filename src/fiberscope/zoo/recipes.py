@@ -79,6 +79,23 @@ RECIPES: dict[str, dict[str, Any]] = {
             ema=0.9995,
             seed=0,
         ),
+        # Stage 2 (added after stage 1's 21,000 steps): training continued from stage 1's EMA weights
+        # with a fresh optimiser and new data order (seed 1): a constant rate, then a long linear
+        # cool-down. Stage 1's optimiser state lived only in the checkpoint of the machine it ran on,
+        # so a warm restart could not extend it; a second stage from its shipped weights can, and
+        # `fiberscope zoo train fashion-ddpm` from scratch runs both (see `train_pixel_prior`).
+        # (Planned as 22,000 steps with an 11,000-step cool-down; revised at step 8,500, while the
+        # rate was still constant, to fit the CPU time left, so a run from scratch is the same.)
+        "continue": TrainConfig(
+            steps=14_000,
+            batch_size=128,
+            lr=3e-4,
+            warmup=200,
+            min_lr_ratio=1.0,
+            cooldown=5_000,
+            ema=0.9995,
+            seed=1,
+        ),
     },
     "mnist-cnn": {
         "kind": "classifier",

@@ -58,7 +58,8 @@ def hardware_string() -> str:
     """A one-line description of where training ran (recorded in model cards)."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    n = torch.get_num_threads()
+    return f"CPU {platform.machine()}, {n} thread{'s' if n != 1 else ''}, torch {torch.__version__}"
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
