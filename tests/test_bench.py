@@ -246,24 +246,18 @@ def test_plot_error_bars_stay_on_a_log_axis_when_the_spread_exceeds_the_mean(tmp
         return real_errorbar(self, x, y, *args, yerr=yerr, **kwargs)
 
     monkeypatch.setattr(Axes, "errorbar", spy)
-    rows = [
-        {
+
+    def row(method, calls, fd, loss, sd):
+        return {
             "pair_key": "p",
-            "method": "ndtm",
-            "forward_equivalents": [680.0, 0.0],
-            "realism_fd": [27.6, 0.8],
-            "fiber_loss": {"sq_l2": [0.245, 0.28]},
+            "method": method,
+            "forward_equivalents": [calls, 0.0],
+            "realism_fd": fd,
+            "fiber_loss": {"sq_l2": [loss, sd]},
             "nn_loss": 0.35,
-        },
-        {
-            "pair_key": "p",
-            "method": "dps",
-            "forward_equivalents": [300.0, 0.0],
-            "realism_fd": [30.2, 5.5],
-            "fiber_loss": {"sq_l2": [8.8, 2.0]},
-            "nn_loss": 0.35,
-        },
-    ]
+        }
+
+    rows = [row("ndtm", 680.0, [27.6, 0.8], 0.245, 0.28), row("dps", 300.0, [30.2, 5.5], 8.8, 2.0)]
     written = plot({"config": {"metric": "sq_l2"}, "rows": rows}, tmp_path)
     assert [p.name for p in written] == ["loss_vs_cost.png", "loss_vs_realism.png"]
     assert len(bars) == 4

@@ -75,7 +75,7 @@ from .metrics.neighbours import nearest_neighbour, nearest_neighbours
 from .metrics.realism import Reference, default_reference, load_reference
 from .priors.base import CallCounter, Prior
 from .priors.loading import ModelNotAvailableError
-from .report.plotting import label_points
+from .report.plotting import LOG_BAR_FLOOR, label_points, log_axis_yerr
 from .subjects.base import Subject
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
 
@@ -1075,10 +1075,7 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
                 if x is None or x[0] is None or y[0] is None or not (math.isfinite(x[0]) and math.isfinite(y[0])):
                     continue
                 xv = max(x[0], 1.0) if xlog else x[0]
-                # the y axis is logarithmic: a ± std bar that reaches zero or below would run off the
-                # panel and read as "could be anything", so its lower arm is cut at a tenth of the mean
-                lo = min(y[1] or 0.0, 0.9 * y[0])
-                yerr = [[lo], [y[1] or 0.0]]
+                yerr = log_axis_yerr(y[0], y[1])
                 ax.errorbar(xv, y[0], yerr=yerr, xerr=None if xlog else x[1], fmt="o", color=colours[r["method"]])
                 points.append((r["method"], xv, y[0]))
             nn = rows[0].get("nn_loss")
@@ -1096,7 +1093,7 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
         fig.text(
             0.01,
             0.008,
-            "bars: ± 1 std across sampling seeds (lower arm cut at a tenth of the mean on the log axis); "
+            f"bars: ± 1 std across sampling seeds (lower arm cut at {LOG_BAR_FLOOR:g} × the mean on the log axis); "
             "dashed: the nearest real image's fiber loss",
             fontsize=7,
             color="grey",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["label_points"]
+__all__ = ["label_points", "log_axis_yerr"]
+
+#: on a log axis the lower arm of an error bar stops at this fraction of the mean
+LOG_BAR_FLOOR = 0.1
 
 #: label offsets tried in turn, in points from the point: beside it, then further out above and below
 _OFFSETS = [(5, 0), *((14, dy) for d in (10, 20, 30, 40, 50) for dy in (d, -d))]
@@ -61,3 +64,14 @@ def label_points(ax: Any, points: list[tuple[str, float, float]], size: float = 
             va="center",
             arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5", "shrinkA": 0, "shrinkB": 3} if dy else None,
         )
+
+
+def log_axis_yerr(mean: float, sd: float | None) -> list[list[float]]:
+    """``yerr`` for one ``ax.errorbar`` point on a logarithmic y axis: ± ``sd``, lower arm cut.
+
+    A ± std bar that reaches zero or below would run off the panel and read as "could be
+    anything" (a mean set by one failing seed has std > mean), so the lower arm stops at
+    ``LOG_BAR_FLOOR`` · mean; the upper arm is the full ``sd``.
+    """
+    sd = sd or 0.0
+    return [[min(sd, (1.0 - LOG_BAR_FLOOR) * mean)], [sd]]
