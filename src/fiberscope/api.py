@@ -320,6 +320,15 @@ def sample_fiber(
 
     Returns:
         :class:`FiberSamples`.
+
+    Raises:
+        ParameterError: an argument of the wrong type or out of its documented bounds (``n`` and
+            ``batch_size`` in [1, 100000], ``seed`` in [0, 2⁶⁴ − 1], ``seeds`` a list of integers in
+            [0, 2⁶³ − 1], a floating-point ``dtype``, a ``device`` that exists here), checked before any
+            model is loaded (see :mod:`fiberscope.validation`).
+        QueryError, SubjectError: the query cannot be read or the subject fails on it.
+        ModelNotAvailableError, WeightsError: the prior or subject cannot be loaded.
+        GuidanceError, SubjectGradientError: NaN/inf, or no gradient through the subject.
     """
     t_total = time.perf_counter()
     method = method if method is not None else NDTM()
