@@ -51,7 +51,7 @@ def schedule_from_scheduler_config(cfg: dict[str, Any]) -> tuple[Schedule, str |
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
     kw = {k: cfg[k] for k in keys if k in cfg and cfg[k] is not None}
     sched = DDPMScheduler(**kw)
-    return VPSchedule(sched.alphas_cumprod), _PRED.get(cfg.get("prediction_type", "epsilon"), "eps")
+    return VPSchedule(sched.alphas_cumprod, sched.betas), _PRED.get(cfg.get("prediction_type", "epsilon"), "eps")
 
 
 class DiffusersPrior(Prior):
