@@ -1,7 +1,7 @@
 """NDTM: non-linear diffusion trajectory matching, with every knob of the paper's reference code.
 
-At each denoising step t → s, a control ``u`` (zero at first) is optimised for ``inner_steps``
-Adam steps on
+At each denoising step t → s, a control ``u`` (zero, random or carried over: ``init_control``) is
+optimised for ``inner_steps`` Adam steps on
 
     C(u) = τ·‖ε̂(x + γu) − ε̂(x)‖² + κ·γ²·‖(x + γu) − x‖² + w_T·ℓ(φ(decode(clip(x̂0(x + γu)))), y_t)
 
@@ -9,7 +9,8 @@ with per-sample gradients clipped to norm 1 and a fresh Adam per step; then the 
 is taken from ``x + γu``. ``y_t`` is φ(query), or (``per_timestep_target=True``, the paper's
 modification) φ of the prior's own estimate of the query noised to level t. Because NDTM only
 uses ``prior.denoise`` and the schedule, the same code serves pixel DDPMs, latent diffusion and
-rectified flows.
+rectified flows. ``docs/method.md`` lists every difference from the reference code and how each is
+resolved; the ``paper-*`` presets reproduce it exactly.
 
 Example:
     >>> from fiberscope import NDTM
