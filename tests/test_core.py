@@ -154,7 +154,9 @@ def test_nan_in_the_loss_is_reported_with_the_step(tiny_prior):
         (dict(variance="tiny"), "variance"),
         (dict(output="both"), "output"),
         (dict(strength=0), "strength"),
-        (dict(sampler="ancestral", ancestral_rescaled=True, steps=10), "steps > 20"),
+        (dict(lr_schedule="cos"), "'cosine'"),
+        (dict(init_control="warm"), "init_control"),
+        (dict(warm_start=True, init_control="random"), "causal_zero"),
     ],
 )
 def test_bad_settings_name_the_argument(kwargs, match):

@@ -51,7 +51,7 @@ def test_paper_presets_hold_the_reference_values():
     im = fs.NDTM.preset("paper-imagenet-dinov2")
     assert (im.steps, im.inner_steps, im.lr, im.lr_schedule) == (200, 5, 2e-3, "linear")
     assert im.sampler == "ancestral" and im.ancestral_rescaled and im.variance == "learned_range"
-    assert im.per_timestep_target and im.output == "x0" and im.loss == "l2"
+    assert im.per_timestep_target and im.output == "x0" and im.loss == "l2_per_token"
     assert (im.w_control, im.w_score, im.w_terminal) == ("zero", "zero", 1.0)
     # the first anchor holding t wins: t = 800 belongs to (0, 0, 1000, 800), t = 600 to (3, 3, 800, 600)
     assert [im.gamma_at(t) for t in (900, 800, 700, 600, 500)] == pytest.approx(
@@ -69,6 +69,7 @@ def test_paper_presets_hold_the_reference_values():
         "state",
     )
     assert cx.gamma_at(600) == 0 and cx.gamma_at(0) == pytest.approx(10) and cx.per_timestep_target
+    assert cx.reference_ddim and not im.reference_ddim
     cm = fs.NDTM.preset("paper-colormnist")
     assert (cm.steps, cm.inner_steps, cm.lr, cm.eta, cm.w_control, cm.clip) == (200, 10, 2e-2, 0.25, 3e-4, (-5.0, 5.0))
     assert cm.gamma_at(600) == 0 and cm.gamma_at(400) == 5 and not cm.per_timestep_target

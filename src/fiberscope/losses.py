@@ -1,24 +1,28 @@
 """Per-sample fiber losses ``ℓ(φ(x), y) -> Tensor[B]``. Never a reduction over the batch.
 
-============== ================================================== =====================================
-name           formula (sums over feature dimensions d)           where the paper uses it
-============== ================================================== =====================================
-``l2``         ‖φ − y‖₂                                           NDTM's optimised terminal cost
-``sq_l2``      Σ_d (φ_d − y_d)²                                   reported fiber loss (ImageNet, Qwen)
-``l1``         Σ_d |φ_d − y_d|                                    Table 7
-``rms``        √(Σ_d (φ_d − y_d)² / D)                            colour MNIST, HTRU2, trained models
-``cosine``     1 − cos(φ, y)                                      (scale-free alternative)
-``cross_entropy`` −Σ_c softmax(y)_c · log softmax(φ)_c            Table 7 / NDTM option (logits)
-``prob_dist``  100 · Σ_c |softmax(φ)_c − softmax(y)_c|             CheXpert classifiers (in %)
-============== ================================================== =====================================
+================== ==================================================== ======================================
+name               formula (sums over feature dimensions d)             where the paper uses it
+================== ==================================================== ======================================
+``l2``             ‖φ − y‖₂                                             NDTM's optimised terminal cost
+``l2_per_token``   Σ_tokens ‖φ_tok − y_tok‖₂ (norm over the last dim)   the reference code's ``l2``
+``sq_l2``          Σ_d (φ_d − y_d)²                                     reported fiber loss (ImageNet, Qwen)
+``l1``             Σ_d |φ_d − y_d|                                      Table 7
+``rms``            √(Σ_d (φ_d − y_d)² / D)                              colour MNIST, HTRU2, trained models
+``cosine``         1 − cos(φ, y)                                        (scale-free alternative)
+``cross_entropy``  −Σ_c softmax(y)_c · log softmax(φ)_c                 Table 7 / NDTM option (logits)
+``prob_dist``      100 · Σ_c |softmax(φ)_c − softmax(y)_c|              CheXpert classifiers (in %)
+================== ==================================================== ======================================
 
-``y`` may have batch size 1 (broadcast) or B.
+``y`` may have batch size 1 (broadcast) or B. ``l2`` and ``l2_per_token`` agree on features
+``[B, D]``; on token features ``[B, T, D]`` (or feature maps) ``l2`` is one norm over everything
+while ``l2_per_token`` sums a norm per token, as the reference's ``torch.norm(φ − y, dim=-1)``
+followed by a sum does.
 
 Example:
     >>> import torch
     >>> from fiberscope.losses import fiber_loss
-    >>> fiber_loss(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.zeros(1, 2), "l2")
-    tensor([5., 0.])
+    >>> fiber_loss(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.zeros(1, 2), "sq_l2")
+    tensor([25.,  0.])
 """
 
 from __future__ import annotations
@@ -47,6 +51,25 @@ def l2(phi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     a, b = _flat(phi, y)
     # sqrt of a sum with a tiny floor: the gradient stays finite when φ == y exactly
     return torch.sqrt(((a - b) ** 2).sum(1) + 1e-20)
+
+
+def l2_per_token(phi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Σ over all leading positions of ‖φ − y‖₂ taken over the last dimension (the reference's ``l2``).
+
+    Example:
+        >>> phi = torch.tensor([[[3.0, 4.0], [6.0, 8.0]]])          # [B=1, T=2, D=2]
+        >>> l2_per_token(phi, torch.zeros(1, 2, 2)), l2(phi, torch.zeros(1, 2, 2))
+        (tensor([15.]), tensor([11.1803]))
+    """
+    a, b = phi.float(), y.float()
+    if b.shape[0] == 1 and a.shape[0] != 1:
+        b = b.expand(a.shape[0], *b.shape[1:])
+    if a.shape != b.shape:
+        raise ValueError(f"features {tuple(a.shape)} and target {tuple(b.shape)} do not match")
+    d = a - b
+    if d.dim() == 1:
+        d = d[:, None]
+    return torch.sqrt((d**2).sum(-1) + 1e-20).reshape(d.shape[0], -1).sum(1)
 
 
 def sq_l2(phi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -81,6 +104,7 @@ def prob_dist(phi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 LOSSES: dict[str, LossFn] = {
     "l2": l2,
+    "l2_per_token": l2_per_token,
     "sq_l2": sq_l2,
     "l1": l1,
     "rms": rms,

@@ -244,6 +244,7 @@ PARAMS: dict[str, Param] = {
     "per_timestep_target": BOOL,
     "ancestral_rescaled": BOOL,
     "track_loss": BOOL,
+    "reference_ddim": BOOL,
 }
 
 #: Flags whose meaning differs by command: ``(command, dest) -> Param``.

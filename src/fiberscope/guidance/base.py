@@ -157,16 +157,34 @@ StepCallback = Callable[[dict[str, Any]], Any]
 class StepRule:
     """How to go from time t to s once x̂0 and ε̂ are known: DDIM (any η), DDPM ancestral, or Euler.
 
-    ``ancestral_rescaled`` reproduces the reference implementation's ancestral branch exactly: a
-    rescaled linear schedule with K entries (β' = linspace(s·1e-4, s·0.02, K), s = 1000/K) is used
-    for the Tweedie estimate and the update, while the network still sees the original t. This
-    mis-scales x̂0 early on, but it is what the paper's numbers were produced with. VP priors only.
+    Two flags reproduce the reference implementation's branches exactly where fiberscope's own
+    rule differs (both default off, every ``paper-*`` preset sets the one its branch needs):
+
+    * ``ancestral_rescaled`` (ancestral sampler): a rescaled linear schedule with K entries,
+      β' = linspace(c·β_first, c·β_last, K) with c = T/K and the prior's own β range and T, is used
+      for the Tweedie estimate and the update, while the network still sees the original t. This
+      mis-scales x̂0 early on, but it is what the paper's numbers were produced with. It needs a VP
+      prior trained on a linear β schedule and K > T·β_last (so that β' < 1).
+    * ``reference_ddim`` (DDIM sampler): the ε coefficient under ``learned_range`` is the
+      small-variance one, c2 = √(1 − ᾱ_s − c1_small²), instead of √(1 − ᾱ_s − c1²); and the noise
+      c1·ξ is drawn on every step, the last one included, where variance ``large`` adds
+      η·√β_0·ξ (0.005·ξ at η = 0.5) to the final state.
+
+    Example:
+        >>> from fiberscope.priors import GaussianPrior
+        >>> prior = GaussianPrior(dim=2)
+        >>> rule = StepRule("ancestral", ancestral_rescaled=True)
+        >>> float(rule.rescaled_betas(prior, 40)[-1])   # 0.02 · 1000/40
+        0.5
+        >>> len(rule.prepare(prior, prior.schedule.grid(40)))   # K grid times + the clean end
+        41
     """
 
     sampler: str = "ddim"
     eta: float = 0.0
     variance: str = "small"
     ancestral_rescaled: bool = False
+    reference_ddim: bool = False
 
     def validate(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -176,6 +194,38 @@ class StepRule:
         if self.variance not in ("small", "large", "learned_range"):
             raise ValueError(f"variance must be 'small', 'large' or 'learned_range', got {self.variance!r}")
 
+    @property
+    def rescaled(self) -> bool:
+        """Whether the reference's rescaled ancestral table is in use."""
+        return self.ancestral_rescaled and self.sampler == "ancestral"
+
+    def rescaled_betas(self, prior: Prior, steps: int) -> torch.Tensor:
+        """The reference's rescaled β' (K entries, clean end first) for ``prior`` and K = ``steps``.
+
+        Raises a one-line ValueError for a non-VP prior, a non-linear β schedule, or K ≤ T·β_last.
+        """
+        sched = prior.schedule
+        if sched.kind != "vp":
+            raise ValueError(
+                "ancestral_rescaled reproduces a quirk of the VP reference code; it needs a VP prior "
+                "(use ancestral_rescaled=False)"
+            )
+        lin = getattr(sched, "linear_betas", None)
+        if lin is None:
+            raise ValueError(
+                "ancestral_rescaled rescales a linear β schedule to the number of sampling steps, and this prior "
+                "was trained on a non-linear schedule (e.g. cosine or scaled-linear); use ancestral_rescaled=False"
+            )
+        T = sched.num_train_timesteps
+        c = T / steps
+        if c * lin[1] >= 1:
+            raise ValueError(
+                f"ancestral_rescaled builds the reference's rescaled schedule β' up to β_last·T/steps = "
+                f"{lin[1]:g}·{T}/{steps} = {c * lin[1]:.3g}, which must stay below 1; use steps > "
+                f"{math.floor(lin[1] * T)} (got {steps}) or ancestral_rescaled=False"
+            )
+        return torch.linspace(c * lin[0], c * lin[1], steps, dtype=torch.float64)
+
     def prepare(self, prior: Prior, times: list[float]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(α, σ) at every grid time, plus the clean end; the reference's rescaled table if asked."""
         if self.variance == "learned_range" and not prior.learned_variance:
@@ -183,13 +233,9 @@ class StepRule:
                 "variance='learned_range' needs a prior that predicts its variance (learn_sigma); "
                 "use 'small' or 'large' with this prior"
             )
-        if self.ancestral_rescaled and self.sampler == "ancestral":
-            if prior.schedule.kind != "vp":
-                raise ValueError("ancestral_rescaled reproduces a quirk of the VP reference code; it needs a VP prior")
+        if self.rescaled:
             k = len(times)
-            sc = 1000.0 / k
-            betas = torch.linspace(sc * 1e-4, sc * 0.02, k, dtype=torch.float64)
-            ab = torch.cumprod(1 - betas, 0)  # ab[j], j = 0 (clean end) .. K-1 (noisiest)
+            ab = torch.cumprod(1 - self.rescaled_betas(prior, k), 0)  # ab[j], j = 0 (clean end) .. K-1 (noisiest)
             table = [(ab[k - 1 - i].sqrt(), (1 - ab[k - 1 - i]).sqrt()) for i in range(k)]
         else:
             table = [prior.schedule.alpha_sigma(t) for t in times]
@@ -198,7 +244,7 @@ class StepRule:
 
     def tweedie(self, prior: Prior, d: Denoised, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """x̂0 from the prior, or from ε̂ with the rescaled ᾱ' of the reference's ancestral branch."""
-        if self.ancestral_rescaled and self.sampler == "ancestral":
+        if self.rescaled:
             return (x - s.to(x) * d.eps) / a.to(x)
         return d.x0
 
@@ -216,8 +262,11 @@ class StepRule:
             xi = noise.randn_like(x) if noise is not None and float(s_s) > 0 else None
             return ancestral_step(x, x0, a_t, s_t, a_s, s_s, xi, self.variance, d.v)
         eta = 0.0 if self.sampler == "euler" else self.eta
-        xi = noise.randn_like(x) if (noise is not None and eta > 0 and float(s_s) > 0) else None
-        return ddim_step(x0, d.eps, a_t, s_t, a_s, s_s, eta, xi, self.variance, d.v)
+        ref = self.reference_ddim and self.sampler == "ddim"
+        # fiberscope draws ξ only where it is used; the reference draws it at every DDIM step
+        draw = ref or (eta > 0 and float(s_s) > 0)
+        xi = noise.randn_like(x) if (noise is not None and draw) else None
+        return ddim_step(x0, d.eps, a_t, s_t, a_s, s_s, eta, xi, self.variance, d.v, c2_from_small=ref)
 
     def ddim_c2(
         self,
@@ -227,7 +276,8 @@ class StepRule:
     ) -> torch.Tensor:
         eta = 0.0 if self.sampler == "euler" else self.eta
         variance = "small" if self.variance == "learned_range" and v is None else self.variance
-        return ddim_coefficients(ts[0], ts[1], ss[0], ss[1], eta, variance, v)[1]
+        ref = self.reference_ddim and self.sampler == "ddim"
+        return ddim_coefficients(ts[0], ts[1], ss[0], ss[1], eta, variance, v, ref)[1]
 
 
 class GuidanceMethod(ABC):

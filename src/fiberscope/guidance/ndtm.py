@@ -1,7 +1,7 @@
 """NDTM: non-linear diffusion trajectory matching, with every knob of the paper's reference code.
 
-At each denoising step t → s, a control ``u`` (zero at first) is optimised for ``inner_steps``
-Adam steps on
+At each denoising step t → s, a control ``u`` (zero, random or carried over: ``init_control``) is
+optimised for ``inner_steps`` Adam steps on
 
     C(u) = τ·‖ε̂(x + γu) − ε̂(x)‖² + κ·γ²·‖(x + γu) − x‖² + w_T·ℓ(φ(decode(clip(x̂0(x + γu)))), y_t)
 
@@ -9,7 +9,8 @@ with per-sample gradients clipped to norm 1 and a fresh Adam per step; then the 
 is taken from ``x + γu``. ``y_t`` is φ(query), or (``per_timestep_target=True``, the paper's
 modification) φ of the prior's own estimate of the query noised to level t. Because NDTM only
 uses ``prior.denoise`` and the schedule, the same code serves pixel DDPMs, latent diffusion and
-rectified flows.
+rectified flows. ``docs/method.md`` lists every difference from the reference code and how each is
+resolved; the ``paper-*`` presets reproduce it exactly.
 
 Example:
     >>> from fiberscope import NDTM
@@ -31,6 +32,7 @@ import torch
 
 from ..losses import LossFn
 from ..priors.base import Prior
+from ..priors.schedule import Schedule
 from ..validation import check_method_settings
 from .base import (
     FiberObjective,
@@ -44,13 +46,19 @@ from .base import (
     per_sample_clip,
 )
 
-__all__ = ["NDTM", "PRESETS", "parse_gamma"]
+__all__ = ["NDTM", "PRESETS", "lr_at", "ndtm_weight", "parse_gamma"]
 
 Anchor = tuple[float, float, float, float]
 GammaSpec = float | int | Sequence[Sequence[float]] | Callable[[float], float]
 WeightSpec = str | float | int
 
-WEIGHT_SCHEMES = ("zero", "ones", "ddim", "ddpm")
+WEIGHT_SCHEMES = ("zero", "ones", "ddim", "ddpm", "ddpm_strided")
+LR_SCHEDULES = ("linear", "constant", "cosine")
+INIT_CONTROLS = ("zero", "random", "causal_zero", "causal_random")
+
+# The reference's "ones" scheme is not 1: it is these constants (fff/ndtm.py, _get_*_weight).
+ONES_SCORE = 2e-5
+ONES_CONTROL = 1e-4
 
 
 def parse_gamma(gamma: GammaSpec, arg: str = "gamma") -> Callable[[float], float]:
@@ -96,25 +104,77 @@ def parse_gamma(gamma: GammaSpec, arg: str = "gamma") -> Callable[[float], float
     return gamma_t
 
 
-def _weight(spec: WeightSpec, which: str, a_t: float, a_s: float, c2: float) -> float:
-    """The reference's weight schemes, from ᾱ_t, ᾱ_s (and DDIM's ε coefficient c2 for 'ddim')."""
+def ndtm_weight(spec: WeightSpec, which: str, schedule: Schedule, t: float, s: float | None, eta: float = 0.0) -> float:
+    """τ (``which="score"``) or κ (``which="control"``) at the step t → s, by the reference's schemes.
+
+    Every scheme reads the prior's own schedule at the grid times (never the rescaled ancestral
+    table), with ᾱ = α²/(α² + σ²), ``s=None`` the clean end (ᾱ_s = 1) and β_t the one-step β of
+    the full training schedule (:meth:`~fiberscope.priors.schedule.Schedule.beta`):
+
+    * ``"zero"``: τ = κ = 0.
+    * ``"ones"``: τ = 2e-5, κ = 1e-4 (the reference's constants; a plain 1.0 is ``1.0``).
+    * ``"ddpm"``: τ = β_t² / ((1 − β_t)(1 − ᾱ_t)), κ = 1 / (1 − β_t).
+    * ``"ddpm_strided"``: the same with the strided step's β = 1 − ᾱ_t/ᾱ_s (fiberscope's former
+      ``"ddpm"``; equal to ``"ddpm"`` when K = T).
+    * ``"ddim"``: τ = (c2 − √(ᾱ_s(1 − ᾱ_t)/ᾱ_t))² with c1 = η·√((1 − ᾱ_t/ᾱ_s)(1 − ᾱ_s)/(1 − ᾱ_t))
+      and c2 = √(1 − ᾱ_s − c1²) (the small-variance c1, whatever the sampler); κ = ᾱ_t/ᾱ_s.
+    * a number: that number.
+
+    Example:
+        >>> from fiberscope.priors import VPSchedule
+        >>> sch = VPSchedule.linear()
+        >>> round(ndtm_weight("ddpm", "control", sch, 780, 760), 4)      # 1/(1 − β_780)
+        1.0159
+        >>> round(ndtm_weight("ddpm_strided", "control", sch, 780, 760), 3)
+        1.365
+        >>> ndtm_weight("ones", "score", sch, 780, 760), ndtm_weight("ones", "control", sch, 780, 760)
+        (2e-05, 0.0001)
+    """
+    if isinstance(spec, bool) or not (isinstance(spec, (int, float)) or spec in WEIGHT_SCHEMES):
+        raise ValueError(f"weight scheme must be one of {WEIGHT_SCHEMES} or a number, got {spec!r}")
     if isinstance(spec, (int, float)):
         return float(spec)
+    score = which == "score"
     if spec == "zero":
         return 0.0
     if spec == "ones":
-        return 1.0
-    beta = 1 - a_t / a_s
-    if spec == "ddpm":
-        if which == "score":
-            return beta**2 / ((1 - beta) * (1 - a_t)) if a_t < 1 else 0.0
+        return ONES_SCORE if score else ONES_CONTROL
+    ab_t = float(schedule.abar(t))
+    ab_s = float(schedule.abar(s))
+    if spec in ("ddpm", "ddpm_strided"):
+        beta = float(schedule.beta(t)) if spec == "ddpm" else 1 - ab_t / ab_s
+        if score:
+            return beta**2 / ((1 - beta) * (1 - ab_t)) if ab_t < 1 else 0.0
         return 1 / (1 - beta)
-    if spec == "ddim":
-        if which == "score":
-            c2p = math.sqrt(a_s * (1 - a_t) / a_t)
-            return (c2 - c2p) ** 2
-        return a_t / a_s
-    raise ValueError(f"weight scheme must be one of {WEIGHT_SCHEMES} or a number, got {spec!r}")
+    # "ddim"
+    if not score:
+        return ab_t / ab_s
+    if ab_t >= 1:
+        return 0.0
+    c1 = eta * math.sqrt(max(1 - ab_t / ab_s, 0.0) * (1 - ab_s) / (1 - ab_t))
+    c2 = math.sqrt(max(1 - ab_s - c1 * c1, 0.0))
+    c2p = math.sqrt(ab_s * (1 - ab_t) / ab_t)
+    return (c2 - c2p) ** 2
+
+
+def lr_at(schedule: str, lr: float, i: int, steps: int) -> float:
+    """The control's learning rate at denoising step ``i`` of ``steps`` (i = 0 is the noisiest).
+
+    ``"linear"``: lr·(1 − i/K), decaying towards t = 0 (the reference's default). ``"cosine"``:
+    lr·½(1 − cos(π i/K)), the reference's ``"cos"``: the *reverse* of linear, rising from 0 at the
+    noisiest step to ≈ lr at the last. ``"constant"``: lr.
+
+    Example:
+        >>> lr_at("linear", 1.0, 50, 100), round(lr_at("cosine", 1.0, 50, 100), 6), lr_at("cosine", 1.0, 0, 100)
+        (0.5, 0.5, 0.0)
+    """
+    if schedule == "linear":
+        return lr * (1.0 - i / steps)
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 - math.cos(math.pi * i / steps))
+    if schedule == "constant":
+        return lr
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 @dataclass
@@ -125,20 +185,33 @@ class NDTM(GuidanceMethod):
         steps: K denoising steps on the prior's uniform grid.
         inner_steps: N Adam steps on the control per denoising step (0: unguided).
         lr: base learning rate of the control.
-        lr_schedule: ``"linear"`` (``lr·(1 − i/K)``, the reference) or ``"constant"``.
+        lr_schedule: ``"linear"`` (``lr·(1 − i/K)``, the reference's default), ``"cosine"``
+            (``lr·½(1 − cos(πi/K))``, the reference's ``"cos"``: rising from 0 to lr) or
+            ``"constant"`` (the reference's ``"const"``); see :func:`lr_at`.
         gamma: γ(t): a number, cosine-ramp anchors ``[(start, end, t_start, t_end), ...]`` or a
             callable; γ = 0 skips the inner loop.
-        warm_start: start each step's control from the previous one instead of zero.
+        init_control: where each step's control starts (the reference's ``init_control``):
+            ``"zero"`` (every step), ``"random"`` (a fresh N(0, I) draw every step),
+            ``"causal_zero"`` / ``"causal_random"`` (the previous step's control; zero / N(0, I)
+            at the first step). Random draws come from the sample's own generator, after the
+            per-timestep target's noise and before the update's, as in the reference.
+        warm_start: the older spelling of ``init_control="causal_zero"``.
         w_terminal: weight of the fiber (terminal) cost.
-        w_control: κ, weight of ``γ²‖γu‖²``: ``"zero"``, ``"ones"``, ``"ddim"``, ``"ddpm"`` or a number.
+        w_control: κ, weight of ``γ²‖γu‖²``: ``"zero"``, ``"ones"``, ``"ddim"``, ``"ddpm"``,
+            ``"ddpm_strided"`` or a number (see :func:`ndtm_weight`).
         w_score: τ, weight of ``‖ε̂(x + γu) − ε̂(x)‖²``, same choices.
-        loss: terminal cost, default ``"l2"`` (unsquared norm, the reference's choice).
+        loss: terminal cost, default ``"l2"`` (unsquared norm over all feature dimensions);
+            ``"l2_per_token"`` is the reference's exact reduction (norm over the last dimension,
+            summed over the others), which differs from ``"l2"`` only on 3+-dimensional features.
         per_timestep_target: match the query's Tweedie estimate at the same noise level.
         sampler: ``"ddim"``, ``"ancestral"`` or ``"euler"`` (flow ODE; η ignored).
         eta: DDIM stochasticity (no effect on the ancestral sampler).
         variance: ``"small"``, ``"large"`` or ``"learned_range"``.
         ancestral_rescaled: reproduce the reference's rescaled ancestral schedule (see
             :class:`~fiberscope.guidance.base.StepRule`).
+        reference_ddim: reproduce the reference's DDIM branch exactly: c2 from the small-variance
+            c1 under ``learned_range`` and the noise c1·ξ on the last step too (0.005·ξ with
+            variance ``"large"`` at η = 0.5); see :class:`~fiberscope.guidance.base.StepRule`.
         clip: clip range of x̂0 in state space; ``"auto"`` takes the prior's, None disables.
         output: ``"x0"`` (last Tweedie estimate) or ``"state"`` (final state).
         init: ``"noise"`` or ``"sdedit"`` (start from the query noised to ``strength``).
@@ -179,18 +252,30 @@ class NDTM(GuidanceMethod):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     track_loss: bool = True
+    init_control: str = "zero"
+    reference_ddim: bool = False
 
     name = "ndtm"
 
     def __post_init__(self) -> None:
         check_method_settings(self)  # types and bounds of steps, inner_steps, lr, gamma, eta, ... (one layer)
-        if self.lr_schedule not in ("linear", "constant"):
-            raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {LR_SCHEDULES} (the reference's 'const' is 'constant', its 'cos' is "
+                f"'cosine'), got {self.lr_schedule!r}"
+            )
         self._gamma_fn = parse_gamma(self.gamma)
         for nm in ("w_control", "w_score"):
             v = getattr(self, nm)
-            if not isinstance(v, (int, float)) and v not in WEIGHT_SCHEMES:
+            if isinstance(v, bool) or (not isinstance(v, (int, float)) and v not in WEIGHT_SCHEMES):
                 raise ValueError(f"{nm} must be one of {WEIGHT_SCHEMES} or a number, got {v!r}")
+        if self.init_control not in INIT_CONTROLS:
+            raise ValueError(f"init_control must be one of {INIT_CONTROLS}, got {self.init_control!r}")
+        if self.warm_start and self.init_control not in ("zero", "causal_zero"):
+            raise ValueError(
+                f"warm_start=True is init_control='causal_zero' and contradicts init_control={self.init_control!r}; "
+                "give only init_control"
+            )
         if self.output not in ("x0", "state"):
             raise ValueError(f"output must be 'x0' or 'state', got {self.output!r}")
         if self.init not in ("noise", "sdedit"):
@@ -204,21 +289,40 @@ class NDTM(GuidanceMethod):
             if len(c) != 2 or not c[0] < c[1]:
                 raise ValueError(f"clip must be 'auto', None or (lo, hi) with lo < hi, got {self.clip!r}")
         self.rule.validate()
-        if self.ancestral_rescaled and self.sampler == "ancestral" and self.steps <= 20:
-            raise ValueError(
-                f"ancestral_rescaled builds the reference's rescaled schedule β' up to 0.02·1000/steps, "
-                f"which exceeds 1 for steps ≤ 20; use steps > 20 (got {self.steps}) or "
-                "ancestral_rescaled=False"
-            )
 
     # ---- helpers ------------------------------------------------------------------------------
     @property
     def rule(self) -> StepRule:
-        return StepRule(self.sampler, self.eta, self.variance, self.ancestral_rescaled)
+        return StepRule(self.sampler, self.eta, self.variance, self.ancestral_rescaled, self.reference_ddim)
+
+    @property
+    def control_init(self) -> str:
+        """The effective ``init_control`` (``warm_start=True`` reads as ``"causal_zero"``)."""
+        return "causal_zero" if self.warm_start else self.init_control
 
     def gamma_at(self, t: float) -> float:
         """γ(t) of this configuration."""
         return float(self._gamma_fn(t))
+
+    def lr_at(self, i: int, steps: int | None = None) -> float:
+        """The control's learning rate at denoising step ``i`` (see :func:`lr_at`)."""
+        return lr_at(self.lr_schedule, self.lr, i, self.steps if steps is None else steps)
+
+    def step_weights(self, prior: Prior, t: float, s: float | None) -> tuple[float, float]:
+        """``(κ, τ)``: the control and score weights NDTM uses at the step t → s on ``prior``.
+
+        Example:
+            >>> from fiberscope.priors import GaussianPrior
+            >>> m = NDTM(w_control="ddpm", w_score="ddpm")
+            >>> kappa, tau = m.step_weights(GaussianPrior(dim=2), 780, 760)
+            >>> round(kappa, 4), round(tau, 6)
+            (1.0159, 0.000249)
+        """
+        eta = 0.0 if self.sampler == "euler" else self.eta
+        return (
+            ndtm_weight(self.w_control, "control", prior.schedule, t, s, eta),
+            ndtm_weight(self.w_score, "score", prior.schedule, t, s, eta),
+        )
 
     def clip_range(self, prior: Prior) -> tuple[float, float] | None:
         if isinstance(self.clip, str):
@@ -266,8 +370,9 @@ class NDTM(GuidanceMethod):
         table = rule.prepare(prior, times)
         clip = self.clip_range(prior)
         b1, b2 = self.adam_betas
+        init_control = self.control_init
         x = x_init.float()
-        u_prev: torch.Tensor | None = None
+        u: torch.Tensor | None = None  # the control; None stands for zero
         x0 = x
         history: list[float] = []
 
@@ -277,22 +382,24 @@ class NDTM(GuidanceMethod):
         for i, t in enumerate(times):
             ts, ss = table[i], table[i + 1]
             a_t, s_t = ts
+            s_time = times[i + 1] if i + 1 < K else None
+            # the reference's order of random draws within a step: target noise, control, update
             if self.per_timestep_target:
                 y = objective.target_at(t, generator, clip, _tweedie)
             else:
                 y = objective.target
+            if init_control == "random" or (init_control == "causal_random" and i == 0):
+                u = generator.randn_like(x)
+            elif init_control == "zero":
+                u = None
             g = self.gamma_at(t)
+            lr = self.lr_at(i, K)
+            w_c, w_s = self.step_weights(prior, t, s_time)
             last_cost: torch.Tensor | None = None
             if g > 0 and self.inner_steps > 0:
-                ab_t = float(a_t**2 / (a_t**2 + s_t**2))
-                ab_s = float(ss[0] ** 2 / (ss[0] ** 2 + ss[1] ** 2))
-                w_c = _weight(self.w_control, "control", ab_t, ab_s, 0.0)
-                c2 = float(rule.ddim_c2(ts, ss)) if self.w_score == "ddim" else 0.0
-                w_s = _weight(self.w_score, "score", ab_t, ab_s, c2)
-                u = u_prev.clone() if (self.warm_start and u_prev is not None) else torch.zeros_like(x)
+                u = torch.zeros_like(x) if u is None else u.clone()
                 m = torch.zeros_like(x)
                 v = torch.zeros_like(x)
-                lr = self.lr * (1 - i / K) if self.lr_schedule == "linear" else self.lr
                 e0 = None
                 if w_s != 0:
                     with torch.no_grad():
@@ -322,10 +429,8 @@ class NDTM(GuidanceMethod):
                     denom = (v / (1 - b2**k)).sqrt_().add_(self.adam_eps)
                     u.addcdiv_(m, denom, value=-lr / (1 - b1**k))
                     last_cost = cost.detach()
-                u_prev = u
-                xc = x + g * u
-            else:
-                xc = x
+            # the prior step is taken from x + γu (a random initial control moves x even when N = 0)
+            xc = x + g * u if (g > 0 and u is not None) else x
             with torch.no_grad():
                 d = prior.denoise(xc, t)
                 x0 = rule.tweedie(prior, d, xc, a_t, s_t)
@@ -336,13 +441,29 @@ class NDTM(GuidanceMethod):
             if self.track_loss and last_cost is not None:
                 history.append(float(last_cost.mean()))
             if callback is not None:
-                callback({"step": i, "t": t, "x": x, "x0": x0, "gamma": g, "cost": last_cost, "steps": K})
+                callback(
+                    {
+                        "step": i,
+                        "t": t,
+                        "x": x,
+                        "x0": x0,
+                        "gamma": g,
+                        "cost": last_cost,
+                        "steps": K,
+                        "lr": lr,
+                        "w_control": w_c,
+                        "w_score": w_s,
+                    }
+                )
         sample = x0 if self.output == "x0" else x
         return Trajectory(sample=sample, x=x, x0=x0, loss_history=history)
 
 
 # The reference scripts' settings (method.md §1.5). Noisier-first anchors in DDPM time.
 # The "builtin-*" presets are fiberscope's own, tuned for the zoo's small priors (see docs/benchmarks.md).
+# Every "paper-*" preset reproduces the reference code exactly (docs/method.md): its terminal cost is
+# "l2_per_token" (the reference's reduction; equal to "l2" on [B, D] features), the ancestral presets
+# set ancestral_rescaled and the DDIM ones reference_ddim.
 PRESETS: dict[str, dict[str, Any]] = {
     "builtin-mnist": {
         "doc": "fiberscope's setting for builtin:mnist-ddpm with a builtin MNIST subject (CPU budget)",
@@ -432,7 +553,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             w_terminal=1.0,
             per_timestep_target=True,
             output="x0",
-            loss="l2",
+            loss="l2_per_token",
             clip=(-1.0, 1.0),
         ),
     },
@@ -453,7 +574,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             w_terminal=1.0,
             per_timestep_target=True,
             output="x0",
-            loss="l2",
+            loss="l2_per_token",
             clip=(-1.0, 1.0),
         ),
     },
@@ -474,7 +595,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             w_terminal=1.0,
             per_timestep_target=True,
             output="x0",
-            loss="l2",
+            loss="l2_per_token",
             clip=(-1.0, 1.0),
         ),
     },
@@ -493,8 +614,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             w_score="zero",
             w_terminal=1.0,
             per_timestep_target=True,
+            reference_ddim=True,
             output="state",
-            loss="l2",
+            loss="l2_per_token",
         ),
     },
     "paper-qwen": {
@@ -512,8 +634,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             w_score="zero",
             w_terminal=1.0,
             per_timestep_target=True,
+            reference_ddim=True,
             output="x0",
-            loss="l2",
+            loss="l2_per_token",
         ),
     },
     "paper-colormnist": {
@@ -534,7 +657,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             w_terminal=1.0,
             per_timestep_target=False,
             output="x0",
-            loss="l2",
+            loss="l2_per_token",
             clip=(-5.0, 5.0),
         ),
     },
@@ -555,7 +678,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             w_terminal=1.0,
             per_timestep_target=False,
             output="x0",
-            loss="l2",
+            loss="l2_per_token",
         ),
     },
     "paper-htru2": {
@@ -576,7 +699,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             w_terminal=1.0,
             per_timestep_target=False,
             output="x0",
-            loss="l2",
+            loss="l2_per_token",
             clip=(-12.0, 12.0),
         ),
     },

@@ -70,7 +70,7 @@ def schedule_from_scheduler_config(cfg: dict[str, Any]) -> tuple[Schedule, str |
     kw = {k: cfg[k] for k in keys if k in cfg and cfg[k] is not None}
     try:
         sched = DDPMScheduler(**kw)
-        schedule = VPSchedule(sched.alphas_cumprod)
+        schedule = VPSchedule(sched.alphas_cumprod, sched.betas)
     except (NotImplementedError, ValueError, TypeError, RuntimeError) as e:
         raise WeightsError(
             f"its schedule cannot be built ({type(e).__name__}: {' '.join(str(e).split())[:200]})"

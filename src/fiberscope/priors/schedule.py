@@ -13,8 +13,8 @@ of the final step. Grids run from the noisiest time down, as the NDTM reference 
 Example:
     >>> s = VPSchedule.linear(1000)
     >>> s.grid(4)                                    # the reference's uniform grid, noisiest first
-    [750, 500, 250, 0]
-    >>> round(float(s.alpha_sigma(0)[0]), 4)
+    [750.0, 500.0, 250.0, 0.0]
+    >>> round(float(s.alpha_sigma(0)[0]), 3)
     1.0
 """
 
@@ -51,34 +51,83 @@ class Schedule(ABC):
         a, s = self.alpha_sigma(t)
         return a * a / (a * a + s * s)
 
+    def beta(self, t: float) -> torch.Tensor:
+        """The one-step β at ``t``: ``1 − ᾱ(t)/ᾱ(t − 1)`` on the training grid (ᾱ = 1 before t = 0).
+
+        This is the β of the *full* schedule, not of a strided sampling step (``1 − ᾱ_t/ᾱ_s``).
+        """
+        prev = float(t) - 1
+        return 1 - self.abar(t) / self.abar(prev if prev >= 0 else None)
+
     def config(self) -> dict:
         return {"kind": self.kind, "num_train_timesteps": self.num_train_timesteps}
 
 
 class VPSchedule(Schedule):
-    """Variance-preserving diffusion from ``alphas_cumprod`` (a DDPM/DDIM training schedule)."""
+    """Variance-preserving diffusion from ``alphas_cumprod`` (a DDPM/DDIM training schedule).
+
+    Args:
+        alphas_cumprod: ᾱ_t for t = 0 … T−1.
+        betas: the training β_t, when known exactly (a scheduler's ``betas``); otherwise they are
+            recovered as ``1 − ᾱ_t/ᾱ_{t−1}``. Only :attr:`linear_betas` and :meth:`beta` read them.
+
+    Example:
+        >>> VPSchedule.linear(1000, 1e-4, 0.02).linear_betas
+        (0.0001, 0.02)
+        >>> VPSchedule.cosine().linear_betas is None
+        True
+    """
 
     kind = "vp"
 
-    def __init__(self, alphas_cumprod: torch.Tensor):
+    def __init__(self, alphas_cumprod: torch.Tensor, betas: torch.Tensor | None = None):
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
         if ac.numel() < 2 or not bool(((ac > 0) & (ac <= 1)).all()):
             raise ValueError("alphas_cumprod must be a 1-D sequence of values in (0, 1]")
         self.alphas_cumprod = ac
         self.num_train_timesteps = ac.numel()
+        if betas is None:
+            self.betas = 1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])
+        else:
+            b = torch.as_tensor(betas, dtype=torch.float64).flatten()
+            if b.shape != ac.shape:
+                raise ValueError(
+                    f"betas has {b.numel()} entries but alphas_cumprod has {ac.numel()}; give one per step"
+                )
+            if not torch.allclose(torch.cumprod(1 - b, 0), ac, rtol=1e-4, atol=1e-7):
+                raise ValueError("betas and alphas_cumprod disagree (cumprod(1 − betas) ≠ alphas_cumprod)")
+            self.betas = b
 
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> VPSchedule:
         """The DDPM linear β schedule (the default of the paper's priors)."""
         betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
-        return cls(torch.cumprod(1 - betas, 0))
+        return cls(torch.cumprod(1 - betas, 0), betas)
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008) -> VPSchedule:
         """The improved-DDPM cosine schedule (diffusers ``squaredcos_cap_v2``)."""
         f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
         betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64)
-        return cls(torch.cumprod(1 - betas, 0))
+        return cls(torch.cumprod(1 - betas, 0), betas)
+
+    @property
+    def linear_betas(self) -> tuple[float, float] | None:
+        """``(β_first, β_last)`` when the training β rise linearly over the T steps, else None.
+
+        Tolerance: ``max(1e-6, 1e-4·max β)`` absolute, which admits a float32 scheduler's rounding
+        and rejects cosine or scaled-linear (Stable Diffusion) schedules by orders of magnitude.
+        """
+        b = self.betas
+        line = torch.linspace(float(b[0]), float(b[-1]), b.numel(), dtype=torch.float64)
+        tol = max(1e-6, 1e-4 * float(b.abs().max()))
+        if float((b - line).abs().max()) > tol:
+            return None
+        return float(b[0]), float(b[-1])
+
+    def beta(self, t: float) -> torch.Tensor:
+        """The training β_t at integer step ``t`` (the one-step β of the full schedule)."""
+        return self.betas[self._index(t)]
 
     def _index(self, t: float) -> int:
         i = round(float(t))

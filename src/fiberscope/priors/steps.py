@@ -40,13 +40,25 @@ def ddim_coefficients(
     eta: float,
     variance: str = "small",
     v: torch.Tensor | None = None,
+    c2_from_small: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c1, c2)`` of ``x_s = α_s·x̂0 + c1·ξ + c2·ε̂`` (the reference's formulas, general α/σ).
 
     ``small``: c1 = η·σ_s/σ_t·√(1 − ᾱ_t/ᾱ_s)·(scale), c2 = √(σ_s² − c1²).
     ``large``: c1 = η·√(1 − ᾱ_t/ᾱ_s)·(scale), c2 = √(σ_s² − σ_s²/σ_t²·c1²).
-    ``learned_range``: log c1 interpolated between the two with f = (v + 1)/2; c2 as ``small``.
+    ``learned_range``: log c1 interpolated between the two with f = (v + 1)/2, and
+    c2 = √(σ_s² − c1²), so that c1² + c2² = σ_s² (the marginal variance is kept). With
+    ``c2_from_small=True`` c2 is the ``small`` one, √(σ_s² − c1_small²), as the reference code has
+    it: that adds c1² − c1_small² of extra variance per step.
     For VP schedules (α² + σ² = 1) these are exactly the reference's DDIM coefficients.
+
+    Example:
+        >>> import torch
+        >>> a_t, s_t = torch.tensor(0.6).sqrt(), torch.tensor(0.4).sqrt()
+        >>> a_s, s_s = torch.tensor(0.8).sqrt(), torch.tensor(0.2).sqrt()
+        >>> c1, c2 = ddim_coefficients(a_t, s_t, a_s, s_s, 1.0, "small")
+        >>> round(float(c1 ** 2 + c2 ** 2), 6)          # σ_s²
+        0.2
     """
     if variance not in VARIANCE_TYPES:
         raise ValueError(f"variance must be one of {VARIANCE_TYPES}, got {variance!r}")
@@ -68,7 +80,8 @@ def ddim_coefficients(
     f = (v + 1) / 2
     c1 = torch.exp(f * torch.log(torch.clamp(large, min=1e-20)) + (1 - f) * torch.log(torch.clamp(small, min=1e-20)))
     c1 = torch.where(torch.as_tensor(small) > 0, c1, torch.zeros_like(c1))
-    c2 = torch.sqrt(torch.clamp(s_s * s_s - c1 * c1, min=0.0))
+    c_eps = small if c2_from_small else c1
+    c2 = torch.sqrt(torch.clamp(s_s * s_s - c_eps * c_eps, min=0.0))
     return c1, c2
 
 
@@ -83,9 +96,14 @@ def ddim_step(
     noise: torch.Tensor | None = None,
     variance: str = "small",
     v: torch.Tensor | None = None,
+    c2_from_small: bool = False,
 ) -> torch.Tensor:
-    """One DDIM step ``x_s = α_s·x̂0 + c1·ξ + c2·ε̂`` (see :func:`ddim_coefficients`)."""
-    c1, c2 = ddim_coefficients(a_t, s_t, a_s, s_s, eta, variance, v)
+    """One DDIM step ``x_s = α_s·x̂0 + c1·ξ + c2·ε̂`` (see :func:`ddim_coefficients`).
+
+    The noise term is added whenever ``noise`` is given and c1 > 0, also on the last step: with
+    variance ``large`` c1 stays η·√β_0 > 0 there (the caller decides whether to pass noise).
+    """
+    c1, c2 = ddim_coefficients(a_t, s_t, a_s, s_s, eta, variance, v, c2_from_small)
     out = a_s * x0 + c2 * eps
     if noise is not None and (torch.as_tensor(c1) > 0).any():
         out = out + c1 * noise
