@@ -596,7 +596,7 @@ def register_command(fn: Callable[[Any], None]) -> Callable[[Any], None]:
 def _error_code(e: BaseException) -> tuple[int, str]:
     from .data.query import QueryError
     from .guidance.base import GuidanceError
-    from .priors.loading import ModelNotAvailableError, PickleRefusedError
+    from .priors.loading import CheckpointError, ModelNotAvailableError, PickleRefusedError
     from .subjects.base import SubjectGradientError
 
     if isinstance(e, CLIError):
@@ -610,7 +610,7 @@ def _error_code(e: BaseException) -> tuple[int, str]:
         return EXIT["input"], str(e).replace("pass trust_pickle=True", "pass --trust-pickle")
     if isinstance(e, (SubjectGradientError, GuidanceError)):
         return EXIT["numeric"], str(e)
-    if isinstance(e, (QueryError, ModelNotAvailableError, FileNotFoundError)):
+    if isinstance(e, (QueryError, ModelNotAvailableError, CheckpointError, FileNotFoundError)):
         return EXIT["input"], str(e)
     if isinstance(e, OSError) and getattr(e, "is_output_error", False):  # fiberscope.audit.OutputWriteError
         return EXIT["output"], f"cannot write output: {e.strerror}; free space, fix permissions or choose another --out"
