@@ -159,7 +159,7 @@ class ADMConfig:
         m = self.size_multiple
         if any(int(s) <= 0 or int(s) % m for s in sides):
             got = "×".join(str(int(s)) for s in sides)
-            examples = ", ".join(str(m * k) for k in (1, 2, 4, 8) if m * k != self.image_size)
+            examples = ", ".join(str(m * k) for k in (1, 2, 4, 8))
             raise ValueError(
                 f"{what} {got}: this ADM has {self.levels} resolution levels, so it takes image sides that are "
                 f"multiples of {m} ({examples}, ...; it was configured for {self.image_size}×{self.image_size})"
@@ -175,6 +175,12 @@ class ADMConfig:
         if self.diffusion_steps < 2:
             raise ValueError(f"diffusion_steps must be at least 2, got {self.diffusion_steps}")
         self.check_size(self.image_size)
+        bad = [d for d in self.attention_ds if d not in [2**lvl for lvl in range(self.levels)]]
+        if bad:
+            raise ValueError(
+                f"attention_ds {list(self.attention_ds)}: {bad} is not the downsampling factor of a level "
+                f"(1 .. {self.size_multiple} for {self.levels} levels)"
+            )
         widths = self.widths()
         if any(w % 32 for w in widths):
             raise ValueError(f"level widths {widths} must be multiples of 32 (ADM's GroupNorm has 32 groups)")
@@ -465,7 +471,10 @@ class ADMUNet(nn.Module):
         temb = 4 * mc
         self.time_embed = nn.Sequential(nn.Linear(mc, temb), nn.SiLU(), nn.Linear(temb, temb))
         if c.num_classes is not None:
-            self.label_emb = nn.Embedding(c.num_classes, temb)
+            table = torch.empty(c.num_classes, temb)
+            if table.device.type != "meta":  # on the meta device (loading) normal_ would import torch._dynamo (seconds)
+                nn.init.normal_(table)
+            self.label_emb = nn.Embedding(c.num_classes, temb, _weight=table)
         widths = c.widths()
         ch = widths[0]
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
@@ -853,7 +862,7 @@ def apply_overrides(
         size = new["image_size"]
         if not isinstance(size, int) or isinstance(size, bool):
             raise ValueError(f"adm_config image_size must be an integer, got {size!r}")
-        dataclasses.replace(config, image_size=size).check_size(size, "adm_config image_size")
+        config.check_size(size, "adm_config image_size")
         fam = info.get("family")
         native = config.image_size
         if info.get("family_match") == "exact" and size != native and not allow_other_size:
@@ -861,15 +870,27 @@ def apply_overrides(
                 f"adm_config image_size {size}: {fam} ({', '.join(info.get('checkpoints', []))}) was trained at "
                 f"{native}×{native}, the size it takes; add 'allow_other_size': True to run it at {size}×{size} anyway"
             )
-    try:
-        out = dataclasses.replace(config, **new)
-    except TypeError as e:  # pragma: no cover - keys are checked above
-        raise ValueError(f"adm_config: {e}") from None
-    return out, sorted(new)
+    out = dataclasses.replace(config, **new)
+    return out, sorted(k for k in new if getattr(out, k) != getattr(config, k))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the prior
+
+
+def _check_label(config: ADMConfig, label: Any, name: str) -> None:
+    n = config.num_classes
+    if n is None:
+        if label is not None:
+            raise ValueError(f"{name} is an unconditional ADM: it takes no class_label (got {label!r})")
+        return
+    if label is None:
+        raise ValueError(
+            f"{name} is a class-conditional ADM ({n} classes): pass class_label=N, the class index "
+            f"0..{n - 1} to condition on (ImageNet: e.g. 207 = golden retriever)"
+        )
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n:
+        raise ValueError(f"class_label must be an integer in 0..{n - 1}, got {label!r}")
 
 
 class ADMPrior(Prior):
@@ -931,20 +952,8 @@ class ADMPrior(Prior):
 
     @class_label.setter
     def class_label(self, label: int | None) -> None:
-        n = self.config.num_classes
-        if n is None:
-            if label is not None:
-                raise ValueError(f"{self.name} is an unconditional ADM: it takes no class_label (got {label!r})")
-            self._class_label = None
-            return
-        if label is None:
-            raise ValueError(
-                f"{self.name} is a class-conditional ADM ({n} classes): pass class_label=N, the class index "
-                f"0..{n - 1} to condition on (ImageNet: e.g. 207 = golden retriever)"
-            )
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n:
-            raise ValueError(f"class_label must be an integer in 0..{n - 1}, got {label!r}")
-        self._class_label = int(label)
+        _check_label(self.config, label, self.name)
+        self._class_label = None if label is None else int(label)
 
     def network(self, x_t: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
         y = None
@@ -1063,8 +1072,10 @@ def build_adm(
     net.load_state_dict(dict(state_dict), strict=True, assign=True)
     if any(p.dtype != torch.float32 for p in net.parameters()):
         net.float()
-    net.set_inner_dtype(dtype or torch.float32)
-    net.set_gradient_checkpointing(gradient_checkpointing)
+    if dtype not in (None, torch.float32):
+        net.set_inner_dtype(dtype)
+    if gradient_checkpointing:
+        net.set_gradient_checkpointing(True)
     return net.eval().requires_grad_(False)
 
 
@@ -1117,6 +1128,7 @@ def load_adm_prior(
         raise CheckpointError(f"{p}: {e}") from None
     config, overridden = apply_overrides(config, info, adm_config)
     config.validate()
+    _check_label(config, class_label, name or str(path))  # before building a multi-GB network
     info["overridden"] = overridden
     info["defaulted"] = [k for k in info["defaulted"] if k not in overridden]
     info["checkpoint"] = p.name
