@@ -58,6 +58,7 @@ __all__ = [
     "ADMUNet",
     "infer_adm_config",
     "load_adm_prior",
+    "parse_spec_options",
     "read_state_dict",
 ]
 
@@ -765,30 +766,50 @@ def _recognise(inferred: dict[str, Any], name: str | None) -> tuple[str | None, 
     return None, None
 
 
+def _value(v: str) -> Any:
+    """A flag value as guided-diffusion's argparse would read it: booleans, integers, floats, else the string."""
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            continue
+    return v
+
+
 def _parse_flags(text: str) -> dict[str, Any]:
     """guided-diffusion's ``MODEL_FLAGS`` string (``--num_channels 256 --class_cond True ...``) as a dict."""
     words = shlex.split(text)
     out: dict[str, Any] = {}
-    i = 0
-    while i < len(words):
+    for i in range(0, len(words), 2):
         w = words[i]
         if not w.startswith("--") or i + 1 >= len(words):
             raise ValueError(
                 f"adm_config flags must be '--name value' pairs (guided-diffusion's MODEL_FLAGS); at {w!r}"
             )
-        v: Any = words[i + 1]
-        if v.lower() in ("true", "false"):
-            v = v.lower() == "true"
-        else:
-            for conv in (int, float):
-                try:
-                    v = conv(v)
-                    break
-                except ValueError:
-                    continue
-        out[w[2:]] = v
-        i += 2
+        out[w[2:]] = _value(words[i + 1])
     return out
+
+
+def parse_spec_options(query: str) -> tuple[dict[str, Any], int | None]:
+    """The options of a prior spec ``PATH.pt?class_label=207&image_size=256``: ``(adm_config, class_label)``.
+
+    Example:
+        >>> parse_spec_options("class_label=207&num_head_channels=64&use_new_attention_order=true")
+        ({'num_head_channels': 64, 'use_new_attention_order': True}, 207)
+    """
+    from urllib.parse import parse_qsl
+
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise ValueError(f"prior options {query!r} must be 'name=value' pairs joined by '&'") from None
+    opts = {k: _value(v) for k, v in pairs}
+    label = opts.pop("class_label", None)
+    if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
+        raise ValueError(f"class_label must be an integer, got {label!r}")
+    return opts, label
 
 
 def _ints(v: Any, key: str) -> tuple[Any, ...]:

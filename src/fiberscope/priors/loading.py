@@ -178,7 +178,9 @@ def load_prior(
             diffusion (``LDMPipeline``: ``vqvae/`` + ``unet/``; Stable Diffusion: ``vae/`` + ``unet/`` +
             text encoder; SD3-style ``transformer/``), DDPM/DDIM-family or FlowMatch scheduler configs;
             an OpenAI guided-diffusion (ADM) checkpoint file, ``.pt`` / ``.pth`` state dict or
-            ``.safetensors`` (``256x256_diffusion_uncond.pt``, ...; see :mod:`fiberscope.priors.adm`);
+            ``.safetensors`` (``256x256_diffusion_uncond.pt``, ...; see :mod:`fiberscope.priors.adm`),
+            optionally with options in the string for the CLI and manifests
+            (``"256x256_diffusion.pt?class_label=207"``, ``"mine.pt?image_size=64&num_head_channels=32"``);
             or a :class:`~fiberscope.priors.Prior` (returned as is, moved to ``device``).
         device: where to put it.
         dtype: network dtype (``torch.float16``, ``"bf16"``, ...); guidance stays in float32.
@@ -217,11 +219,18 @@ def load_prior(
     adm_file = False
     label = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else type(spec).__name__
     f = Path()
+    spec_options = ""
     if isinstance(spec, (str, os.PathLike)) and not label.startswith("builtin:"):
         s = label
         f = Path(s[len("local-dir:") :] if s.startswith("local-dir:") else s).expanduser()
         with contextlib.suppress(OSError):
             adm_file = f.is_file()
+            if not adm_file and "?" in s:  # PATH.pt?class_label=207&image_size=256: options in the spec string
+                base, _, spec_options = s.partition("?")
+                f = Path(base[len("local-dir:") :] if base.startswith("local-dir:") else base).expanduser()
+                adm_file = f.is_file()
+                if not adm_file:
+                    spec_options = ""
         if adm_file and f.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise CheckpointError(
                 f"prior {s!r} is a file, and the only prior files fiberscope reads are OpenAI guided-diffusion (ADM) "
@@ -234,8 +243,14 @@ def load_prior(
     if adm_file:
         if text_given:
             raise ValueError(f"{label} is an ADM checkpoint: it takes class_label, not a prompt")
-        from .adm import load_adm_prior
+        from .adm import load_adm_prior, parse_spec_options
 
+        if spec_options:
+            opts, label_opt = parse_spec_options(spec_options)
+            if (opts and adm_config is not None) or (label_opt is not None and class_label is not None):
+                raise ValueError(f"prior {label!r} carries options; do not pass adm_config/class_label as well")
+            adm_config = opts or adm_config
+            class_label = label_opt if label_opt is not None else class_label
         prior: Prior = load_adm_prior(
             f,
             adm_config=adm_config,
