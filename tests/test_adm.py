@@ -538,3 +538,42 @@ def test_parity_with_deepinv_diffunet_at_the_256_uncond_size(tmp_path):
 @pytest.mark.slow
 def test_parity_with_deepinv_diffunet_small_is_the_ffhq_model(tmp_path):
     _deepinv_parity(tmp_path, large_model=False, family="ffhq-256")
+
+
+# --- the CLI and manifests name an ADM checkpoint by a string --------------------------------------------------------
+
+
+def test_options_in_the_prior_spec(tiny):
+    cfg, net, path = tiny["adm-256"]
+    spec = f"{path}?class_label=207&image_size=32"
+    prior = fs.load_prior(spec)
+    assert (prior.class_label, prior.config.image_size, prior.name) == (207, 32, spec)
+    x, t = _inputs(cfg)
+    with torch.no_grad():
+        assert torch.equal(prior.network(x, t), net(x, t, torch.full((2,), 207)))
+    assert A.parse_spec_options("use_new_attention_order=true&noise_schedule=cosine") == (
+        {"use_new_attention_order": True, "noise_schedule": "cosine"},
+        None,
+    )
+    with pytest.raises(ValueError, match="carries options; do not pass adm_config/class_label as well"):
+        fs.load_prior(f"{path}?class_label=1&image_size=32", class_label=2)
+    with pytest.raises(ValueError, match="'name=value' pairs"):
+        fs.load_prior(f"{path}?class_label")
+    with pytest.raises(ValueError, match="class_label must be an integer, got 'dog'"):
+        fs.load_prior(f"{path}?class_label=dog")
+    with pytest.raises(fs.ModelNotAvailableError):
+        fs.load_prior(f"{path}.missing?class_label=1")
+
+
+def test_audit_model_cache_passes_gradient_checkpointing():
+    from fiberscope.audit.runner import ModelCache, RunOptions
+
+    seen = []
+
+    def loader(spec, **kw):
+        seen.append(kw)
+        return object()
+
+    ModelCache(RunOptions(device="cpu"), load_prior=loader).prior("a.pt")
+    ModelCache(RunOptions(device="cpu", gradient_checkpointing=True), load_prior=loader).prior("a.pt")
+    assert "gradient_checkpointing" not in seen[0] and seen[1]["gradient_checkpointing"] is True

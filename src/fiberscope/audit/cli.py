@@ -72,6 +72,11 @@ def add_audit_command(subs: Any) -> None:
         action="store_true",
         help="allow pickle checkpoints (they can run code: only for files you trust; safetensors never need it)",
     )
+    r.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute the prior's activations in the backward pass: less memory, same results",
+    )
     r.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.html")
     r.add_argument("--dry-run", action="store_true", help="list this shard's units and their status; run nothing")
 
@@ -138,6 +143,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         trust_pickle=bool(args.trust_pickle),
         threads=args.threads,
         cache_size=max(1, args.cache_size),
+        gradient_checkpointing=bool(args.gradient_checkpointing),
     )
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}", EXIT["usage"])
