@@ -677,6 +677,8 @@ def infer_adm_config(
             "128_512_upsampler.pt), which needs a low-resolution image as input; load a base diffusion model"
         )
     inp, outp = _layers(sd, "input_blocks."), _layers(sd, "output_blocks.")
+    if not inp or not outp:
+        raise _Bad("has no input_blocks.<i>.<j>.* or output_blocks.<i>.<j>.* keys of an ADM UNet")
     n_out = max(outp) + 1
     n_in = max(inp) + 1
     if n_in != n_out:
