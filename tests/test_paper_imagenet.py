@@ -9,6 +9,7 @@ shortens the preset to 21 steps with one inner step; the slow variant runs the p
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,34 @@ def test_neighbours_bad_input(stand_ins, tmp_path, capsys):
 def test_paper_imagenet_pipeline_with_the_preset_unchanged(stand_ins, tmp_path):
     man, audit_out = _pipeline(stand_ins, tmp_path, ["--n", "1"])
     _check(stand_ins, man, audit_out, n=1, steps=200)
+
+
+def test_manifest_paths_order_limit_and_method(stand_ins, tmp_path):
+    from fiberscope.audit.manifest import ManifestError, manifest_from_images, read_manifest, write_manifest
+
+    prior = stand_ins / "256x256_diffusion_uncond_stand_in.pt"
+    units = manifest_from_images(
+        [stand_ins / "val"],
+        subject="builtin:mnist-cnn",
+        prior=f"{prior}?image_size=8",
+        out=stand_ins / "m.jsonl",
+        method={"name": "paper-imagenet-dinov2", "steps": 21},
+        n=1,
+        recursive=True,
+        limit=4,
+    )
+    assert [u.label for u in units] == [f"n0{i % 2}/ILSVRC2012_val_{i:08d}.png" for i in (0, 2, 4, 1)]
+    assert units[0].query == "val/n00/ILSVRC2012_val_00000000.png"  # relative to the manifest's folder
+    assert units[0].prior == f"{prior.resolve()}?image_size=8"
+    back = read_manifest(write_manifest(units, stand_ins / "m.jsonl"))
+    assert back.units == units and not back.errors
+    assert all(u.query_path.is_file() for u in back.units)
+    elsewhere = manifest_from_images(
+        [stand_ins / "val" / "n00"], subject="builtin:mnist-cnn", prior="builtin:mnist-ddpm", out=tmp_path / "m.jsonl"
+    )
+    assert len(elsewhere) == 3 and all(Path(u.query).is_absolute() for u in elsewhere)  # not under the manifest
+    assert elsewhere[0].prior == "builtin:mnist-ddpm"
+    with pytest.raises(ManifestError, match="method"):
+        manifest_from_images([stand_ins / "val" / "n00"], subject="s", prior="p", out=tmp_path / "m.jsonl", method="x")
+    with pytest.raises(ManifestError, match="limit must be at least 1"):
+        manifest_from_images([stand_ins / "val" / "n00"], subject="s", prior="p", out=tmp_path / "m.jsonl", limit=0)
