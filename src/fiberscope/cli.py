@@ -196,7 +196,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_writable(out)
     # models are loaded once for all queries; every query is checked before any sampling starts
     cache = ModelCache(
-        RunOptions(device=args.device, dtype=args.dtype, trust_pickle=bool(getattr(args, "trust_pickle", False)))
+        RunOptions(
+            device=args.device,
+            dtype=args.dtype,
+            trust_pickle=bool(getattr(args, "trust_pickle", False)),
+            gradient_checkpointing=bool(getattr(args, "gradient_checkpointing", False)),
+        )
     )
     prior = cache.prior(args.prior)
     subject = cache.subject(args.subject, args.layer)
@@ -437,7 +442,11 @@ fiberscope sample q.png --config audit.yaml     # options from a file""",
     p.add_argument("query", nargs="+", help="image files (PNG/JPEG/...), .npy arrays, or folders of them")
     p.add_argument("--subject", required=False, help="subject spec, e.g. builtin:mnist-cnn, timm:NAME, hf:ID")
     p.add_argument("--layer", help="layer of the subject to use as φ (see `fiberscope layers SPEC`)")
-    p.add_argument("--prior", required=False, help="prior spec: builtin:NAME, a diffusers directory or a cached hub id")
+    p.add_argument(
+        "--prior",
+        required=False,
+        help="prior spec: builtin:NAME, a diffusers directory, a cached hub id or an ADM .pt checkpoint",
+    )
     p.add_argument("--n", type=int, default=8, help="samples per query (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int)
@@ -449,6 +458,11 @@ fiberscope sample q.png --config audit.yaml     # options from a file""",
         "--trust-pickle",
         action="store_true",
         help="allow pickle checkpoints (they can run code: only for files you trust; safetensors never need it)",
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute the prior's activations in the backward pass: less memory, same results",
     )
     add_method_args(p)
 

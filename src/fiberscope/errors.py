@@ -43,6 +43,7 @@ from typing import Any
 __all__ = [
     "EXIT",
     "CLIError",
+    "CheckpointError",
     "FiberscopeError",
     "GuidanceError",
     "InputError",
@@ -143,6 +144,10 @@ class WeightsError(FiberscopeError, ValueError):
     ``config.json`` / scheduler config (names the file and the fix)."""
 
     exit_code = EXIT["weights"]
+
+
+class CheckpointError(WeightsError):
+    """A weights file that is not what it should be: unreadable, not an ADM state dict, missing or unexpected keys."""
 
 
 class PickleRefusedError(WeightsError):

@@ -14,10 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..cli import EXIT, CLIError, _check_writable, _sub, register_command
+from ..cli import EXIT, CLIError, _check_writable, _sub, add_method_args, register_command
 from ..errors import printable
 
-__all__ = ["add_audit_command", "cmd_audit"]
+__all__ = [
+    "add_audit_command",
+    "add_manifest_command",
+    "add_neighbours_command",
+    "cmd_audit",
+    "cmd_manifest",
+    "cmd_neighbours",
+]
 
 EXAMPLE = """
 fiberscope audit audit.jsonl --out audit-out                 # resumable: run it again to finish
@@ -65,6 +72,11 @@ def add_audit_command(subs: Any) -> None:
         "--trust-pickle",
         action="store_true",
         help="allow pickle checkpoints (they can run code: only for files you trust; safetensors never need it)",
+    )
+    r.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute the prior's activations in the backward pass: less memory, same results",
     )
     r.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.html")
     r.add_argument("--dry-run", action="store_true", help="list this shard's units and their status; run nothing")
@@ -133,6 +145,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         trust_pickle=bool(args.trust_pickle),
         threads=args.threads,
         cache_size=max(1, args.cache_size),
+        gradient_checkpointing=bool(args.gradient_checkpointing),
     )
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}", EXIT["usage"])
@@ -171,3 +184,149 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if run.failed or man.errors:
         return EXIT["partial"]
     return EXIT["ok"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fiberscope manifest: one work unit per image of a folder
+
+MANIFEST_EXAMPLE = """
+fiberscope manifest imagenet/val --recursive --shuffle-seed 0 --limit 1000 \\
+    --subject hf:facebook/dinov2-base --layer cls --prior 256x256_diffusion_uncond.pt \\
+    --method paper-imagenet-dinov2 --n 1 --out audit.jsonl
+fiberscope manifest queries/ --subject builtin:mnist-cnn --layer penultimate --prior builtin:mnist-ddpm --out a.jsonl"""
+
+
+@register_command
+def add_manifest_command(subs: Any) -> None:
+    """Add ``manifest`` to the ``fiberscope`` command."""
+    p = _sub(
+        subs,
+        "manifest",
+        "write an audit manifest (JSONL): one work unit per image of a folder, for `fiberscope audit`",
+        MANIFEST_EXAMPLE,
+        cmd_manifest,
+    )
+    p.add_argument("images", nargs="*", help="image files and/or folders of them")
+    p.add_argument("--subject", help="subject spec, e.g. hf:facebook/dinov2-base, timm:NAME, builtin:mnist-cnn")
+    p.add_argument("--layer", help="layer of the subject (see `fiberscope layers SPEC`); JSON for several")
+    p.add_argument("--prior", help="prior spec: builtin:NAME, a diffusers directory, an ADM .pt checkpoint, a hub id")
+    p.add_argument("--n", type=int, default=8, help="samples per query (default 8; the paper's ImageNet runs use 1)")
+    p.add_argument("--seed", type=int, default=0, help="run seed of every unit (default 0)")
+    p.add_argument("--recursive", action="store_true", help="also look into sub-folders (ImageNet's val/<wnid>/)")
+    p.add_argument("--shuffle-seed", type=int, help="take the images in a seeded random order (torch.randperm), e.g. 0")
+    p.add_argument("--limit", type=int, help="at most this many units (after shuffling)")
+    p.add_argument("--out", default="audit.jsonl", help="manifest to write (default audit.jsonl)")
+    add_method_args(p)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    import json
+
+    from ..cli import method_from_args
+    from .manifest import ManifestError, manifest_from_images, write_manifest
+
+    if not args.images or not args.subject or not args.prior:
+        raise CLIError("manifest needs IMAGES, --subject and --prior (see `fiberscope manifest --help`)", EXIT["usage"])
+    method_from_args(args, args.prior)  # checks the method and its options here, with the CLI's messages
+    overrides = {
+        k: getattr(args, k)
+        for k in ("steps", "inner_steps", "lr", "loss", "sampler", "eta", "per_timestep_target")
+        if getattr(args, k, None) is not None
+    }
+    if getattr(args, "gamma", None) is not None:
+        try:
+            overrides["gamma"] = float(args.gamma)
+        except ValueError:
+            overrides["gamma"] = json.loads(args.gamma)
+    method: Any = args.method
+    if overrides:
+        method = {"name": args.method or "ndtm", **overrides}
+    layer: Any = args.layer
+    if isinstance(layer, str) and layer.strip().startswith(("[", "{")):
+        try:
+            layer = json.loads(layer)
+        except ValueError:
+            raise CLIError(f"--layer {layer!r} starts like JSON but is not valid JSON", EXIT["usage"]) from None
+    try:
+        units = manifest_from_images(
+            args.images,
+            subject=args.subject,
+            prior=args.prior,
+            out=args.out,
+            layer=layer,
+            method=method,
+            n=args.n,
+            seed=args.seed,
+            recursive=args.recursive,
+            shuffle_seed=args.shuffle_seed,
+            limit=args.limit,
+        )
+    except ManifestError as e:
+        raise CLIError(str(e), EXIT["input"]) from None
+    try:
+        path = write_manifest(units, args.out)
+    except OSError as e:
+        raise CLIError(f"cannot write {args.out}: {e.strerror}; choose another --out", EXIT["output"]) from None
+    print(f"{path}: {len(units)} work unit(s); run them with: fiberscope audit {path} --out audit-out")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fiberscope neighbours: the nearest-neighbour baseline and the fiber-loss-vs-NN table
+
+NEIGHBOURS_EXAMPLE = """
+fiberscope neighbours audit-out --bank imagenet/val --device cuda     # writes audit-out/neighbours.{json,md}
+fiberscope neighbours fibers/ --bank digits/ --subject builtin:mnist-cnn --layer penultimate"""
+
+
+@register_command
+def add_neighbours_command(subs: Any) -> None:
+    """Add ``neighbours`` to the ``fiberscope`` command."""
+    p = _sub(
+        subs,
+        "neighbours",
+        "the nearest-neighbour baseline of an audit's queries over a folder of real images, and the "
+        "fiber-loss-vs-nearest-neighbour table",
+        NEIGHBOURS_EXAMPLE,
+        cmd_neighbours,
+    )
+    p.add_argument(
+        "results", nargs="?", help="an audit's output directory (or a folder of `fiberscope sample` results)"
+    )
+    p.add_argument("--bank", help="folder of real images searched for each query's nearest neighbour (recursively)")
+    p.add_argument("--subject", help="embed with this subject instead of each unit's own")
+    p.add_argument("--layer", help="with --subject: its layer")
+    p.add_argument("--device", help="cpu, cuda, ... (default cpu)")
+    p.add_argument("--batch-size", type=int, default=32, help="bank images per forward pass (default 32)")
+    p.add_argument(
+        "--identity-threshold",
+        type=float,
+        default=1e-4,
+        help="bank images closer than this to the query (mean |Δ| in the prior's data space) are the query itself",
+    )
+    p.add_argument("--rows", type=int, default=20, help="per-query rows to print (all are written; default 20)")
+
+
+def cmd_neighbours(args: argparse.Namespace) -> int:
+    from .neighbours import audit_neighbours, neighbours_markdown
+
+    if not args.results or not args.bank:
+        raise CLIError("neighbours needs RESULTS and --bank FOLDER (see `fiberscope neighbours --help`)", EXIT["usage"])
+    if args.layer is not None and args.subject is None:
+        raise CLIError("--layer goes with --subject (units otherwise use their own subject and layer)", EXIT["usage"])
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}", EXIT["usage"])
+    _check_writable(Path(args.results))
+    table = audit_neighbours(
+        args.results,
+        args.bank,
+        subject=args.subject,
+        layer=args.layer,
+        device=args.device,
+        batch_size=args.batch_size,
+        identity_threshold=args.identity_threshold,
+        progress=not args.quiet,
+    )
+    print(neighbours_markdown(table, max_rows=args.rows), end="")
+    print(f"written: {Path(args.results) / 'neighbours.md'} and neighbours.json")
+    return 0

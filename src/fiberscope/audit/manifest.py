@@ -56,8 +56,10 @@ __all__ = [
     "ManifestError",
     "ManifestLineError",
     "WorkUnit",
+    "manifest_from_images",
     "parse_manifest",
     "read_manifest",
+    "write_manifest",
 ]
 
 #: The keys a work unit may have (``label`` is free text for reports and is not part of its identity).
@@ -513,3 +515,107 @@ def read_manifest(path: str | os.PathLike[str], fmt: str | None = None) -> Manif
     man = parse_manifest(data, fmt, base_dir=p.resolve().parent)
     man.path = str(p)
     return man
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing manifests
+
+
+def manifest_from_images(
+    images: list[str | os.PathLike[str]],
+    *,
+    subject: str,
+    prior: str,
+    out: str | os.PathLike[str],
+    layer: Any = None,
+    method: Any = None,
+    n: int = DEFAULT_N,
+    seed: int = DEFAULT_SEED,
+    recursive: bool = False,
+    shuffle_seed: int | None = None,
+    limit: int | None = None,
+) -> list[WorkUnit]:
+    """One work unit per query image (files, or folders of them), validated like a manifest line.
+
+    Args:
+        images: image files and/or folders (sorted; sub-folders too with ``recursive``).
+        subject, prior, layer, method, n, seed: the unit fields (the same for every image).
+        out: where the manifest will be written: query paths are written relative to its folder,
+            and a prior given as a local path is made absolute, so the manifest runs from anywhere.
+        recursive: look into sub-folders (e.g. ImageNet's ``val/<wnid>/`` layout).
+        shuffle_seed: take the images in the order of ``torch.randperm`` with a generator seeded
+            with it (the rule of the paper's ImageNet runs: a seeded permutation, then the first
+            ``limit``); None keeps the sorted order.
+        limit: at most this many units.
+
+    Returns:
+        The units; each has ``label`` = the image's path relative to the folder it was found in.
+
+    Raises:
+        ManifestError: no images, or a field that a manifest line could not hold (the reason named).
+    """
+    from ..data.query import IMAGE_SUFFIXES
+
+    found: list[tuple[Path, str]] = []
+    for item in images:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.iterdir()
+            files = sorted(
+                f for f in it if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | {".npy"} and f.name[0] != "."
+            )
+            found += [(f, f.relative_to(p).as_posix()) for f in files]
+        elif p.is_file():
+            found.append((p, p.name))
+        else:
+            raise ManifestError(f"{p} is neither an image file nor a folder")
+    if not found:
+        raise ManifestError(f"no images (PNG, JPEG, ... or .npy) in {', '.join(map(str, images))}")
+    if shuffle_seed is not None:
+        import torch
+
+        order = torch.randperm(len(found), generator=torch.Generator().manual_seed(int(shuffle_seed))).tolist()
+        found = [found[i] for i in order]
+    if limit is not None:
+        if limit < 1:
+            raise ManifestError(f"limit must be at least 1, got {limit}")
+        found = found[:limit]
+    base = Path(out).expanduser().resolve().parent
+    base_spec, sep, options = prior.partition("?")  # an ADM checkpoint may carry options: PATH.pt?class_label=207
+    prior_path = Path(base_spec).expanduser()
+    if not base_spec.startswith("builtin:") and prior_path.exists():
+        prior = str(prior_path.resolve()) + sep + options
+    units = []
+    for f, label in found:
+        fr = f.resolve()
+        try:
+            q = fr.relative_to(base).as_posix()
+        except ValueError:
+            q = str(fr)
+        rec = {"query": q, "subject": subject, "prior": prior, "layer": layer, "method": method, "n": n, "seed": seed}
+        try:
+            units.append(unit_from_record({k: v for k, v in rec.items() if v is not None} | {"label": label}))
+        except ValueError as e:
+            raise ManifestError(f"cannot write a unit for {f}: {e}") from None
+    return units
+
+
+def write_manifest(units: list[WorkUnit], path: str | os.PathLike[str]) -> Path:
+    """Write units as a JSONL manifest (atomically): one line each, the fields that differ from the defaults."""
+    from ..utils import atomic_write_text
+
+    lines = []
+    for u in units:
+        rec: dict[str, Any] = {"query": u.query, "subject": u.subject, "prior": u.prior}
+        if u.layer is not None:
+            rec["layer"] = u.layer
+        if u.method is not None:
+            rec["method"] = u.method
+        rec["n"], rec["seed"] = u.n, u.seed
+        if u.label is not None:
+            rec["label"] = u.label
+        lines.append(json.dumps(rec, ensure_ascii=False))
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p, "".join(line + "\n" for line in lines))
+    return p

@@ -1,15 +1,20 @@
 """Priors: one contract (``denoise(x_t, t) -> Denoised(x0, eps)``), many adapters."""
 
+from .adm import ADMConfig, ADMPrior, ADMUNet, load_adm_prior
 from .analytic import GaussianMixturePrior, GaussianPrior
 from .base import PARAMETERIZATIONS, CallablePrior, CallCounter, Denoised, Prior
-from .loading import ModelNotAvailableError, load_prior
+from .loading import CheckpointError, ModelNotAvailableError, load_prior
 from .schedule import FlowSchedule, Schedule, VPSchedule
 from .steps import ancestral_step, ddim_step, euler_step, flow_stochastic_step
 
 __all__ = [
     "PARAMETERIZATIONS",
+    "ADMConfig",
+    "ADMPrior",
+    "ADMUNet",
     "CallCounter",
     "CallablePrior",
+    "CheckpointError",
     "Denoised",
     "FlowSchedule",
     "GaussianMixturePrior",
@@ -22,5 +27,6 @@ __all__ = [
     "ddim_step",
     "euler_step",
     "flow_stochastic_step",
+    "load_adm_prior",
     "load_prior",
 ]

@@ -7,7 +7,10 @@ Also the two rules every loader in fiberscope follows (priors and subjects alike
   downloaded and a missing model fails at once with a one-line message, never a network hang;
 * **no pickles**: weights are read from ``.safetensors``; a directory that only has ``.bin`` /
   ``.pt`` / ``.pth`` / ``.ckpt`` files is refused unless the caller passes ``trust_pickle=True``,
-  and even then it is read with ``torch.load(weights_only=True)`` (:func:`check_weights`).
+  and even then it is read with ``torch.load(weights_only=True)`` (:func:`check_weights`). A
+  checkpoint *file* named explicitly (an OpenAI ADM ``.pt``) is always read with
+  ``torch.load(weights_only=True)``, the restricted unpickler that only rebuilds tensors; a file
+  that needs more is refused (:class:`PickleRefusedError`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelNotAvailableError, ParameterError, PickleRefusedError
+from ..errors import CheckpointError, ModelNotAvailableError, ParameterError, PickleRefusedError
 from .base import Prior
 
 __all__ = [
+    "CheckpointError",
     "ModelNotAvailableError",
     "PickleRefusedError",
     "check_weights",
@@ -33,6 +37,8 @@ __all__ = [
 ]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: Files (not directories) that :func:`load_prior` reads as ADM state dicts.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 @contextlib.contextmanager
@@ -160,8 +166,10 @@ def load_prior(
     negative_prompt: str | None = None,
     prompt_embeds: Any = None,
     guidance_scale: float = 1.0,
+    adm_config: dict[str, Any] | str | None = None,
+    class_label: int | None = None,
 ) -> Prior:
-    """Load a prior from a name, a directory or an object.
+    """Load a prior from a name, a directory, a checkpoint file or an object.
 
     Args:
         spec: ``"builtin:mnist-ddpm"`` (the shipped zoo); a local diffusers pipeline directory
@@ -169,6 +177,10 @@ def load_prior(
             (``"google/ddpm-cifar10-32"``, ``"CompVis/ldm-celebahq-256"``): pixel UNets, latent
             diffusion (``LDMPipeline``: ``vqvae/`` + ``unet/``; Stable Diffusion: ``vae/`` + ``unet/`` +
             text encoder; SD3-style ``transformer/``), DDPM/DDIM-family or FlowMatch scheduler configs;
+            an OpenAI guided-diffusion (ADM) checkpoint file, ``.pt`` / ``.pth`` state dict or
+            ``.safetensors`` (``256x256_diffusion_uncond.pt``, ...; see :mod:`fiberscope.priors.adm`),
+            optionally with options in the string for the CLI and manifests
+            (``"256x256_diffusion.pt?class_label=207"``, ``"mine.pt?image_size=64&num_head_channels=32"``);
             or a :class:`~fiberscope.priors.Prior` (returned as is, moved to ``device``).
         device: where to put it.
         dtype: network dtype (``torch.float16``, ``"bf16"``, ...); guidance stays in float32.
@@ -181,6 +193,10 @@ def load_prior(
         prompt_embeds: instead of ``prompt``, a given embedding: a tensor ``[1, L, D]`` (UNet
             ``encoder_hidden_states``) or a pair ``(embeds, pooled)`` for SD3-style transformers.
         guidance_scale: classifier-free guidance on the prior's prediction (1 = none).
+        adm_config: ADM checkpoints: settings the weights cannot tell (``{"num_head_channels": 64}``,
+            ``{"noise_schedule": "cosine"}``, ``{"image_size": 256}``, or guided-diffusion's
+            ``MODEL_FLAGS`` string); the published checkpoints are recognised without it.
+        class_label: class-conditional ADM checkpoints: the class to condition on (e.g. 207).
 
     Example:
         >>> from fiberscope import load_prior
@@ -189,6 +205,7 @@ def load_prior(
         ((1, 28, 28), 'vp')
         >>> sd = load_prior("stable-diffusion-v1-5/stable-diffusion-v1-5", prompt="a photo of a face",
         ...                 dtype="fp16", device="cuda")               # doctest: +SKIP
+        >>> adm = load_prior("256x256_diffusion.pt", class_label=207, dtype="bf16")   # doctest: +SKIP
     """
     dt = _dtype(dtype)
     text = {
@@ -198,7 +215,51 @@ def load_prior(
         "guidance_scale": guidance_scale,
     }
     text_given = prompt is not None or negative_prompt is not None or prompt_embeds is not None or guidance_scale != 1
-    if isinstance(spec, Prior):
+    adm_given = adm_config is not None or class_label is not None
+    adm_file = False
+    label = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else type(spec).__name__
+    f = Path()
+    spec_options = ""
+    if isinstance(spec, (str, os.PathLike)) and not label.startswith("builtin:"):
+        s = label
+        f = Path(s[len("local-dir:") :] if s.startswith("local-dir:") else s).expanduser()
+        with contextlib.suppress(OSError):
+            adm_file = f.is_file()
+            if not adm_file and "?" in s:  # PATH.pt?class_label=207&image_size=256: options in the spec string
+                base, _, spec_options = s.partition("?")
+                f = Path(base[len("local-dir:") :] if base.startswith("local-dir:") else base).expanduser()
+                adm_file = f.is_file()
+                if not adm_file:
+                    spec_options = ""
+        if adm_file and f.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise CheckpointError(
+                f"prior {s!r} is a file, and the only prior files fiberscope reads are OpenAI guided-diffusion (ADM) "
+                f"checkpoints ({', '.join(CHECKPOINT_SUFFIXES)}); pass a diffusers pipeline directory instead"
+            )
+    if adm_given and not adm_file:
+        raise ValueError(
+            f"adm_config/class_label apply to OpenAI guided-diffusion checkpoint files (.pt), not to {label!r}"
+        )
+    if adm_file:
+        if text_given:
+            raise ValueError(f"{label} is an ADM checkpoint: it takes class_label, not a prompt")
+        from .adm import load_adm_prior, parse_spec_options
+
+        if spec_options:
+            opts, label_opt = parse_spec_options(spec_options)
+            if (opts and adm_config is not None) or (label_opt is not None and class_label is not None):
+                raise ValueError(f"prior {label!r} carries options; do not pass adm_config/class_label as well")
+            adm_config = opts or adm_config
+            class_label = label_opt if label_opt is not None else class_label
+        prior: Prior = load_adm_prior(
+            f,
+            adm_config=adm_config,
+            class_label=class_label,
+            dtype=dt,
+            gradient_checkpointing=gradient_checkpointing,
+            name=label,
+        )
+    elif isinstance(spec, Prior):
         if text_given:
             raise ValueError(
                 "prompt/prompt_embeds/guidance_scale apply when loading a diffusers directory, not to a Prior"
@@ -234,7 +295,9 @@ def load_prior(
                 **text,
             )
     else:
-        raise TypeError(f"prior must be a name, a directory or a fiberscope Prior, got {type(spec).__name__}")
+        raise TypeError(
+            f"prior must be a name, a directory, a checkpoint file or a fiberscope Prior, got {type(spec).__name__}"
+        )
     if device is not None:
         prior.to(device)
     return prior
