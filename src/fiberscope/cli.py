@@ -520,7 +520,12 @@ fiberscope sample q.png --config audit.yaml     # options from a file""",
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
-    p.add_argument("--out", default="fiber-out", help="output directory (default fiber-out)")
+    p.add_argument(
+        "--out",
+        default="fiber-out",
+        help="output directory (default fiber-out): one query's result is written into it, several queries get "
+        "OUT/<name>-<first 8 hex of the file's SHA-256>/ each; a folder holding another query's result is refused",
+    )
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.html")
     p.add_argument(
         "--trust-pickle",

@@ -11,8 +11,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ __all__ = [
     "jsonable",
     "signals_deferred",
     "sigterm_as_interrupt",
+    "temp_owner_token",
 ]
 
 
@@ -97,11 +100,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def temp_owner_token() -> str:
+    """``<host>-<pid>`` as it appears in this process's temporary file names (so debris can be traced)."""
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname())[:16]
+    return f"{host}-{os.getpid()}"
+
+
 def _create_temp(path: Path) -> tuple[int, Path]:
-    """A new, empty temporary file next to ``path``, created with mode 0o666 so that the umask applies."""
+    """A new, empty temporary file next to ``path``, created with mode 0o666 so that the umask applies.
+
+    Its name is ``.<name>.<host>-<pid>-<random>.tmp``: whoever finds it left behind can tell whose it was.
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{temp_owner_token()}-{secrets.token_hex(4)}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

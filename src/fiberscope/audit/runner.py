@@ -55,8 +55,10 @@ from .store import (
     describe_writers,
     discard_dir,
     expected_files,
+    held,
     lock_for,
     remove_stale_staging,
+    remove_stale_temps,
     remove_tree,
     seal,
     try_acquire,
@@ -257,13 +259,43 @@ def _write_failure(root: Path, unit: WorkUnit, record: dict[str, Any]) -> None:
         raise _output_error(w, _failure_path(root, unit)) from w
 
 
-def _remove_debris(units_dir: Path, unit: WorkUnit) -> None:
+def _remove_debris(units_dir: Path, unit: WorkUnit) -> int:
     """Stale staging of ``unit`` (owners provably gone) and half-deleted leftovers; call holding its lock."""
-    remove_stale_staging(units_dir, f".partial-{unit.key}-")
+    n = len(remove_stale_staging(units_dir, f".partial-{unit.key}-"))
     with contextlib.suppress(OSError):
         for p in units_dir.iterdir():
             if p.name.startswith(f".stale-{unit.dirname}-"):
                 remove_tree(p)
+                n += 1
+    return n
+
+
+def sweep_debris(out: str | os.PathLike[str], units: Iterable[WorkUnit]) -> int:
+    """Remove what killed processes left of ``units``: staging directories whose owners are provably gone.
+
+    Each unit with something to remove is looked at only if its lock is free at that moment (a
+    unit being written by a live process is left alone). Returns how many directories went.
+    """
+    root = Path(out)
+    units_dir = root / "units"
+    try:
+        names = [p.name for p in units_dir.iterdir() if p.name.startswith((".partial-", ".stale-"))]
+    except OSError:
+        return 0
+    if not names:
+        return 0
+    removed = 0
+    for u in units:
+        if not any(u.key in n for n in names):
+            continue
+        lock = lock_for(root, u.key)
+        if try_acquire(lock, False):
+            try:
+                removed += _remove_debris(units_dir, u)
+            finally:
+                with signals_deferred():
+                    lock.release()
+    return removed
 
 
 def _adopt_legacy(unit: WorkUnit, units_dir: Path, final: Path) -> bool:
@@ -538,8 +570,11 @@ def write_summary(
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     }
-    atomic_write_text(root / "summary.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
-    atomic_write_json(root / "audit.json", summary)
+    # shards write these in turn; the lock also makes every other writer's temporary files debris
+    with held(lock_for(root, "summary")):
+        remove_stale_temps(root, ("summary.jsonl", "audit.json", "report.html"))
+        atomic_write_text(root / "summary.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
+        atomic_write_json(root / "audit.json", summary)
     return summary
 
 
@@ -640,6 +675,10 @@ def run_audit(
     cwd = os.getcwd()
     units = [u if u.base_dir else dataclasses.replace(u, base_dir=cwd) for u in shard_units(manifest.units, shard)]
     (root / "units").mkdir(parents=True, exist_ok=True)
+    try:
+        sweep_debris(root, units)
+    except OSError as e:
+        raise _output_error(e, root / ".locks") from e
     run = AuditRun(root.resolve(), manifest, shard, units)
     threads0 = None
     if options.threads and engine == "local":

@@ -70,6 +70,7 @@ __all__ = [
     "install",
     "lock_for",
     "remove_stale_staging",
+    "remove_stale_temps",
     "remove_tree",
     "seal",
     "stale_seconds",
@@ -302,6 +303,42 @@ def remove_stale_staging(parent: Path, prefix: str, *, now: float | None = None)
     for p in entries:  # leftovers of an interrupted deletion
         if p.name.startswith(f".stale-{prefix}") and p.exists():
             remove_tree(p)
+    return removed
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]*)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temps(directory: Path, names: tuple[str, ...], *, now: float | None = None) -> list[str]:
+    """Delete temporary files of ``directory/<name>`` (from ``atomic_writer``) left by dead writers.
+
+    Call it holding the lock every writer of those files holds (the audit's summary lock). A file
+    goes when its writer was on this host and its pid is gone, or when it is older than
+    :func:`stale_seconds`.
+    """
+    from ..utils import temp_owner_token
+
+    removed: list[str] = []
+    now = time.time() if now is None else now
+    my_host = temp_owner_token().rsplit("-", 1)[0]
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if not m or m["name"] not in names:
+            continue
+        pid = int(m["pid"])
+        dead = m["host"] == my_host and pid > 0 and not _pid_exists(pid)
+        try:
+            old = now - p.stat().st_mtime > stale_seconds()
+        except OSError:
+            continue
+        if dead or old:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+            removed.append(p.name)
     return removed
 
 
