@@ -337,6 +337,22 @@ def test_sample_rerun_with_a_smaller_n_leaves_no_stale_files(assets: Assets, tmp
     assert not [p for p in out.iterdir() if p.name.startswith(".partial")]
 
 
+def test_a_full_disk_during_a_sample_rerun_keeps_the_earlier_result_whole(
+    assets: Assets, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from test_failures import _disk_fills_up
+
+    out = tmp_path / "out"
+    assert main(_sample(assets, assets.queries[0], out=out, extra=("--n", "3"))) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with _disk_fills_up(monkeypatch, "samples.npz"):
+        code = main(_sample(assets, assets.queries[0], out=out, extra=("--n", "2")))
+    assert code == EXIT["output"], capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # untouched
+    assert not list(out.glob(".partial-*")) and not list(out.rglob("*.tmp"))
+    _complete(out)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 4. a unit's identity includes its query's content
 
@@ -380,6 +396,28 @@ def test_unit_keys_follow_the_query_content(assets: Assets, tmp_path: Path) -> N
     assert gone.query_sha256 is None and gone.key not in (k0.key, k1.key)
     os.mkfifo(tmp_path / "x.png")  # never read (it would block): no digest, the unit fails when run
     assert parse_manifest(line, base_dir=tmp_path).units[0].query_sha256 is None
+
+
+def test_a_query_file_changed_while_its_unit_runs_fails_that_unit(
+    assets: Assets, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    shutil.copy(assets.queries[0], tmp_path / "x.png")
+    manifest = write_jsonl(tmp_path / "m.jsonl", [assets.unit(0, query="x.png"), assets.unit(1)])
+    real = fs_api.sample_fiber
+
+    def sample_and_swap(subject, query, *a, **k):
+        res = real(subject, query, *a, **k)
+        if Path(query).name == "x.png":
+            shutil.copy(assets.queries[2], query)  # replaced while the unit ran
+        return res
+
+    monkeypatch.setattr(fs_api, "sample_fiber", sample_and_swap)
+    out = tmp_path / "out"
+    assert main(_audit(manifest, out)) == EXIT["partial"]
+    assert "changed while the audit ran" in capsys.readouterr().err
+    rows = {r["line"]: r for r in _summary(out)}
+    assert rows[1]["status"] == "failed" and rows[1]["code"] == EXIT["input"] and rows[2]["status"] == "done"
+    assert len(_unit_dirs(out)) == 1
 
 
 def _make_legacy(out: Path, unit) -> Path:
