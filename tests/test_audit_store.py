@@ -522,7 +522,7 @@ def _visible_pngs_without_record(out: Path) -> list[Path]:
     ]
 
 
-def test_sample_on_sigterm_or_sigkill_leaves_no_partial_result(assets: Assets, tmp_path: Path) -> None:
+def test_sample_on_sigterm_leaves_no_partial_result(assets: Assets, tmp_path: Path) -> None:
     out, ready = tmp_path / "out", tmp_path / "ready"
     cmd = _driver("--slow-writes", "1.0", "--ready", str(ready), "--", *_sample(assets, assets.queries[0], out=out))
     proc = subprocess.Popen(cmd, env=assets.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -534,8 +534,11 @@ def test_sample_on_sigterm_or_sigkill_leaves_no_partial_result(assets: Assets, t
     assert not list(out.rglob("*.tmp")) and not _visible_pngs_without_record(out)
     assert not list(out.glob(".partial-*"))
 
+
+def test_sample_on_sigkill_leaves_only_hidden_staging_that_the_next_run_removes(assets: Assets, tmp_path: Path) -> None:
     # SIGKILL cannot be handled: its staging directory stays hidden, and the next run removes it
-    ready.unlink()
+    out, ready = tmp_path / "out", tmp_path / "ready"
+    cmd = _driver("--slow-writes", "1.0", "--ready", str(ready), "--", *_sample(assets, assets.queries[0], out=out))
     proc = subprocess.Popen(cmd, env=assets.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(ready.exists, proc)
     proc.kill()

@@ -452,15 +452,19 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _loss(v: Any) -> bool:
+    return _number(v) or v is None  # JSON null: a NaN or infinite loss, as written (redoing would not change it)
+
+
 def _record_problem(rec: dict[str, Any], n: int | None) -> str | None:
     fl = rec.get("fiber_loss")
-    if not isinstance(fl, list) or not fl or not all(_number(v) for v in fl):
+    if not isinstance(fl, list) or not fl or not all(_loss(v) for v in fl):
         return f"record.json: 'fiber_loss' is not a list of numbers ({str(fl)[:60]!r})"
     if n is not None and len(fl) != n:
         return f"record.json lists {len(fl)} fiber losses, the unit has n = {n}"
     if rec.get("n") != len(fl):
         return f"record.json: 'n' is {rec.get('n')!r} but it lists {len(fl)} fiber losses"
-    if not _number(rec.get("fiber_loss_mean")):
+    if not _loss(rec.get("fiber_loss_mean")):
         return f"record.json: 'fiber_loss_mean' is not a number ({rec.get('fiber_loss_mean')!r})"
     seeds = rec.get("seeds")
     if not isinstance(seeds, list) or len(seeds) != len(fl) or not all(type(s) is int for s in seeds):
@@ -525,7 +529,10 @@ def _arrays_problem(d: Path, rec: dict[str, Any]) -> str | None:
             seeds = [int(s) for s in z["seeds"]]
     except Exception as e:  # a zip/npy error of any kind: the file is not what it should be
         return f"samples.npz cannot be read ({type(e).__name__})"
-    if fl != [float(v) for v in rec["fiber_loss"]] or seeds != rec["seeds"]:
+    same = len(fl) == len(rec["fiber_loss"]) and all(
+        (b is None and not math.isfinite(a)) or (b is not None and a == float(b)) for a, b in zip(fl, rec["fiber_loss"])
+    )
+    if not same or seeds != rec["seeds"]:
         return "record.json's fiber losses or seeds differ from those in samples.npz"
     return None
 
