@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,32 @@ def test_ray_engine_matches_local_runs_bit_for_bit(assets: Assets, tmp_path: Pat
     run_audit(man, tmp_path / "local", options=opts, progress=False, report=False)
     for i in range(2):
         run_audit(man, tmp_path / "sharded", shard=ShardInfo(i, 2), options=opts, progress=False, report=False)
+    # another process holds one unit's lock for a while: the actors come back to it, waiting
+    from filelock import FileLock
+
+    busy = man.units[1]
+    (tmp_path / "ray" / ".locks").mkdir(parents=True)
+    other = FileLock(str(tmp_path / "ray" / ".locks" / f"{busy.key}.lock"), thread_local=False)
+    other.acquire()
+    logs: list[str] = []
+    safety = threading.Timer(240.0, lambda: other.is_locked and other.release())
+    safety.start()
+
+    def log(msg: str) -> None:
+        logs.append(msg)
+        if "coming back to it" in msg and other.is_locked:
+            other.release()  # the other process finishes without having written it
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        run = run_audit(man, tmp_path / "ray", engine="ray", workers=2, options=opts, progress=False, report=False)
+        run = run_audit(
+            man, tmp_path / "ray", engine="ray", workers=2, options=opts, progress=False, report=False, log=log
+        )
     finally:
         ray.shutdown()
+        safety.cancel()
     assert run.counts() == {"done": 3, "skipped": 0, "failed": 0}
+    assert [m for m in logs if "coming back to it" in m and busy.dirname in m], logs
     local, sharded, viaray = (_unit_arrays(tmp_path / d) for d in ("local", "sharded", "ray"))
     assert sorted(local) == sorted(sharded) == sorted(viaray) and len(local) == 3
     for name, (fl, arrays) in local.items():

@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -169,11 +170,46 @@ def method_from_spec(spec: Any, overrides: dict[str, Any] | None = None, prior_n
 # commands
 
 
+def _sample_conflict(target: Path, digest: str, query: Any) -> str | None:
+    """Why ``target`` must not receive this query's result (it holds another query's), or None."""
+    import numpy as np
+
+    try:
+        rec = json.loads((target / "record.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None  # an unreadable record: a damaged result, replaced
+    if not isinstance(rec, dict):
+        return None
+    qf = (rec.get("config") or {}).get("query_file") if isinstance(rec.get("config"), dict) else None
+    if isinstance(qf, dict) and isinstance(qf.get("sha256"), str):
+        if qf["sha256"] == digest:
+            return None
+        return f"{qf.get('path')} (sha256 {qf['sha256'][:12]}…)"
+    try:  # written before records named their query file: compare the query as the prior saw it
+        with np.load(target / "samples.npz", allow_pickle=False) as z:
+            same = np.array_equal(z["query"], query.cpu().numpy())
+    except Exception:
+        return None  # no readable samples: nothing of value is replaced
+    return None if same else "another query"
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample each query into its own folder (one query: ``--out`` itself; several: ``OUT/<stem>-<sha8>``).
+
+    Never overwrites silently: a folder holding another query's result is refused before any
+    sampling; a rerun of the same query replaces its result, with no stale files left behind
+    (each result is written into a staging folder and installed with its ``record.json`` last).
+    SIGTERM is handled like Ctrl-C: the result being written is discarded, finished ones are kept.
+    """
     import fiberscope as fs
 
+    from .audit.manifest import query_digest
     from .audit.runner import ModelCache, RunOptions
+    from .audit.store import Staging, held, install, lock_for, remove_stale_staging, seal
     from .data.query import IMAGE_SUFFIXES, load_query
+    from .utils import sigterm_as_interrupt
 
     if not args.subject or not args.prior:
         raise CLIError("sample needs --subject and --prior (on the command line or in --config)", EXIT["usage"])
@@ -206,34 +242,66 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prior = cache.prior(args.prior)
     subject = cache.subject(args.subject, args.layer)
     shape = tuple(getattr(prior, "image_shape", None) or prior.data_shape)
-    for q in queries:
-        load_query(q, image_shape=shape, data_range=prior.data_range)
-    names = [q.stem for q in queries]
-    dirs = [out / (n if names.count(n) == 1 else f"{n}{q.suffix.replace('.', '_')}") for n, q in zip(names, queries)]
-    for q, d in zip(queries, dirs):
-        res = fs.sample_fiber(
-            subject,
-            q,
-            prior,
-            n=args.n,
-            method=method,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=cache.device,
-            progress=not args.quiet,
-        )
-        saved = res.save(d if len(queries) > 1 else out)
-        print(
-            printable(
-                f"{q}: fiber loss {res.metric} mean {float(res.fiber_loss.mean()):.4g} "
-                f"(min {float(res.fiber_loss.min()):.4g}) -> {saved}"
+    loaded = [load_query(q, image_shape=shape, data_range=prior.data_range) for q in queries]
+    digests = [query_digest(q) or "" for q in queries]
+    # one folder per query content: the same file name from two folders cannot collide
+    jobs: dict[Path, tuple[Path, str, Any]] = {}
+    for q, d, t in zip(queries, digests, loaded):
+        name = re.sub(r"[^A-Za-z0-9.+-]+", "-", q.stem).strip(".-")[:60] or "query"
+        target = out if len(queries) == 1 else out / f"{name}-{d[:8]}"
+        if target in jobs:
+            print(printable(f"{q}: the same image as {jobs[target][0]}; sampled once into {target}"))
+            continue
+        jobs[target] = (q, d, t)
+    for target, (q, d, t) in jobs.items():
+        other = _sample_conflict(target, d, t)
+        if other is not None:
+            raise CLIError(
+                f"{target} already holds the fiber of {other}, not of {q}; choose another --out, or delete "
+                f"{target} to replace it",
+                EXIT["output"],
             )
-        )
-    if args.report:
-        from .report.results import write_results_report
+    lock = lock_for(out, "sample")
 
-        path = write_results_report(out)
-        print(f"report: {path}")
+    def waiting() -> None:
+        print(printable(f"waiting for another `fiberscope sample` writing to {out}"), file=sys.stderr, flush=True)
+
+    with sigterm_as_interrupt():
+        with held(lock, waiting):
+            remove_stale_staging(out, ".partial-sample-")
+        for target, (q, d, _t) in jobs.items():
+            res = fs.sample_fiber(
+                subject,
+                q,
+                prior,
+                n=args.n,
+                method=method,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                device=cache.device,
+                progress=not args.quiet,
+            )
+            staging = Staging(out, ".partial-sample-")
+            try:
+                res.save(staging.path)
+                seal(staging, len(res), extra={"query_file": {"path": str(q), "sha256": d}})
+                with held(lock, waiting):
+                    replaced = install(staging, target)
+            except BaseException:
+                staging.discard()
+                raise
+            print(
+                printable(
+                    f"{q}: fiber loss {res.metric} mean {float(res.fiber_loss.mean()):.4g} "
+                    f"(min {float(res.fiber_loss.min()):.4g}) -> {target}"
+                    + (" (replaces the earlier result)" if replaced else "")
+                )
+            )
+        if args.report:
+            from .report.results import write_results_report
+
+            path = write_results_report(out)
+            print(printable(f"report: {path}"))
     return 0
 
 
@@ -452,7 +520,12 @@ fiberscope sample q.png --config audit.yaml     # options from a file""",
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
-    p.add_argument("--out", default="fiber-out", help="output directory (default fiber-out)")
+    p.add_argument(
+        "--out",
+        default="fiber-out",
+        help="output directory (default fiber-out): one query's result is written into it, several queries get "
+        "OUT/<name>-<first 8 hex of the file's SHA-256>/ each; a folder holding another query's result is refused",
+    )
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.html")
     p.add_argument(
         "--trust-pickle",

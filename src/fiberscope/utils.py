@@ -1,27 +1,145 @@
-"""Small shared helpers: atomic file writes, JSON of numpy/torch values, progress bars."""
+"""Small shared helpers: atomic file writes, file digests, signal handling, JSON of numpy/torch values.
+
+Files written here honour the process's umask like any ``open()``: the temporary file is created
+with mode ``0o666`` and the kernel applies the umask (and a directory's default ACL), so a team's
+shared output folder stays readable to the team.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import signal
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_writer", "is_rank_zero", "jsonable"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_writer",
+    "file_sha256",
+    "is_rank_zero",
+    "jsonable",
+    "signals_deferred",
+    "sigterm_as_interrupt",
+    "temp_owner_token",
+]
+
+
+@contextlib.contextmanager
+def signals_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[list[int]]:
+    """Hold back SIGINT/SIGTERM while the block runs; act on the first one afterwards.
+
+    For clean-up that must not be cut short (removing a half-written result, renaming a finished
+    one into place): a second Ctrl-C would otherwise interrupt the clean-up of the first. A signal
+    that arrived is passed to the handler that was in place when the block ends (Python's default
+    SIGINT handler raises ``KeyboardInterrupt``); a signal whose handler was the system default is
+    re-sent so that it takes its default action. Outside the main thread (where Python cannot set
+    handlers) the block simply runs.
+
+    Example:
+        >>> with signals_deferred() as pending:
+        ...     pass            # a Ctrl-C here is acted on after the block
+        >>> pending
+        []
+    """
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    old: dict[int, Any] = {}
+    try:
+        for s in signums:
+            old[s] = signal.signal(s, hold)
+        yield pending
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if pending:
+            s = pending[0]
+            h = old.get(s)
+            if callable(h):
+                h(s, None)
+            elif h == signal.SIG_DFL:
+                os.kill(os.getpid(), s)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (SLURM pre-emption, ``kill``) raises ``KeyboardInterrupt`` like Ctrl-C, so clean-up code runs.
+
+    The previous handler is restored afterwards; outside the main thread this does nothing.
+
+    Example:
+        >>> with sigterm_as_interrupt():
+        ...     pass
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def temp_owner_token() -> str:
+    """``<host>-<pid>`` as it appears in this process's temporary file names (so debris can be traced)."""
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname())[:16]
+    return f"{host}-{os.getpid()}"
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty temporary file next to ``path``, created with mode 0o666 so that the umask applies.
+
+    Its name is ``.<name>.<host>-<pid>-<random>.tmp``: whoever finds it left behind can tell whose it was.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{temp_owner_token()}-{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file next to {path}")  # pragma: no cover
 
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync and rename it over ``path``.
 
-    A crash (or SIGKILL) at any point leaves either the old file or the new one, never a torn one.
+    A crash (or SIGKILL) at any point leaves either the old file or the new one, never a torn one;
+    an exception or interrupt removes the temporary file (a second Ctrl-C cannot cut that short).
+    The file gets the permissions any ``open()`` would give it (``0o666`` less the umask).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
+        >>> with atomic_writer(p) as f:
+        ...     _ = f.write("hello")
+        >>> p.read_text()
+        'hello'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -29,9 +147,28 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with signals_deferred(), contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
+        >>> file_sha256(p)[:16]
+        'ba7816bf8f01cfea'
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

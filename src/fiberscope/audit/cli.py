@@ -6,16 +6,13 @@ Kept light: argparse only at import time (the CLI imports this module on every i
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..cli import EXIT, CLIError, _check_writable, _sub, add_method_args, register_command
 from ..errors import printable
+from ..utils import sigterm_as_interrupt as _sigterm_as_interrupt
 
 __all__ = [
     "add_audit_command",
@@ -79,24 +76,13 @@ def add_audit_command(subs: Any) -> None:
         help="recompute the prior's activations in the backward pass: less memory, same results",
     )
     r.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.html")
+    r.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every finished unit's files against their SHA-256 digests (sizes are always checked); "
+        "damaged units are redone",
+    )
     r.add_argument("--dry-run", action="store_true", help="list this shard's units and their status; run nothing")
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (SLURM pre-emption, ``kill``) is handled like Ctrl-C: the unit in progress is discarded cleanly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _err(msg: str) -> None:
@@ -131,12 +117,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable(out)
     if args.dry_run:
-        from .runner import _read_record
+        from .runner import unit_status
         from .sharding import shard_units
 
         for u in shard_units(man.units, shard):
-            status = "done" if _read_record(out / "units" / u.dirname) is not None else "to run"
-            print(printable(f"{u.line:>6}  {status:<6}  units/{u.dirname}  {u.describe()}"))
+            check = unit_status(out, u, digests=bool(args.verify))
+            status = {"ok": "done", "missing": "to run"}.get(check.status, "damaged")
+            why = f"  ({check.problem}: it will be redone)" if check.problem else ""
+            print(printable(f"{u.line:>6}  {status:<7}  units/{u.dirname}  {u.describe()}{why}"))
         return EXIT["partial"] if man.errors else EXIT["ok"]
     options = RunOptions(
         device=args.device,
@@ -146,6 +134,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         threads=args.threads,
         cache_size=max(1, args.cache_size),
         gradient_checkpointing=bool(args.gradient_checkpointing),
+        verify=bool(args.verify),
     )
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}", EXIT["usage"])
@@ -172,9 +161,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     c = run.counts()
     ok = c["done"] + c["skipped"]
     shard_note = f" (shard {shard.index + 1}/{shard.count}, {shard.source})" if shard.count > 1 else ""
+    notes = []
+    if run.redone:
+        notes.append(f"{len(run.redone)} damaged and redone")
+    if run.adopted:
+        notes.append(f"{len(run.adopted)} adopted from an older layout")
     print(
         f"audit{shard_note}: {c['done']} done, {c['skipped']} already finished, {c['failed']} failed, "
-        f"{len(man.errors)} bad manifest line(s); summary {out / 'summary.jsonl'}"
+        f"{len(man.errors)} bad manifest line(s)"
+        + (f" ({'; '.join(notes)})" if notes else "")
+        + f"; summary {out / 'summary.jsonl'}"
         + (f"; report {run.report}" if run.report else "")
     )
     if shard.count > 1 and args.report:

@@ -2,8 +2,9 @@
 
 A work unit is one fiber to draw: a query image, a subject (and layer), a prior, a guidance method,
 the number of samples and a seed. Its identity is the canonical JSON of those fields (defaults
-filled in, keys sorted), so the same unit always maps to the same output directory whatever the
-line it sits on, the shard that runs it or the engine.
+filled in, keys sorted) plus the SHA-256 of the query file's bytes, so the same unit always maps
+to the same output directory whatever the line it sits on, the shard that runs it or the engine,
+and two manifests naming ``q/x.png`` for different images give different units.
 
 JSONL (blank lines and lines starting with ``#`` are skipped)::
 
@@ -29,13 +30,14 @@ Example:
     ...                    '{"query": 3}\\n', fmt="jsonl")
     >>> len(m.units), m.errors[0].line
     (1, 2)
-    >>> m.units[0].n, m.units[0].seed, len(m.units[0].key)
-    (8, 0, 16)
+    >>> m.units[0].n, m.units[0].seed, len(m.units[0].key), m.units[0].query_sha256   # q.png does not exist
+    (8, 0, 16, None)
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -70,6 +72,23 @@ DEFAULT_SEED = 0
 MAX_SEED = _validation.MAX_SEED
 MAX_LAYER_WEIGHT = 1e6
 _MAX_LINE = 1_000_000  # characters; longer lines are refused rather than parsed
+_MAX_HASHED = 1 << 30  # bytes: a larger "query" is not hashed (the image loader refuses it anyway)
+
+
+def query_digest(path: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of a query file's bytes; None when it is not a readable regular file (the unit then fails).
+
+    Only regular files are read (never a FIFO, a device or ``/proc``), and only up to 1 GiB.
+    """
+    from ..utils import file_sha256
+
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_HASHED:
+            return None
+        return file_sha256(path)
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,8 @@ class WorkUnit:
         label: free text shown in reports (not part of the unit's identity).
         line: the manifest line it came from (not part of its identity).
         base_dir: directory that relative query paths are taken from (not part of its identity).
+        query_sha256: SHA-256 of the query file's bytes when the manifest was read (part of the
+            identity; None if it could not be read). :func:`parse_manifest` fills it in.
     """
 
     query: str
@@ -111,11 +132,13 @@ class WorkUnit:
     label: str | None = field(default=None, compare=False)
     line: int = field(default=0, compare=False)
     base_dir: str = field(default="", compare=False)
+    query_sha256: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the unit (its hash and output directory derive from these)."""
         return {
             "query": self.query,
+            "query_sha256": self.query_sha256,
             "subject": self.subject,
             "layer": self.layer,
             "prior": self.prior,
@@ -132,6 +155,22 @@ class WorkUnit:
     def key(self) -> str:
         """16 hex digits of the SHA-256 of :meth:`canonical_json` (stable across runs and machines)."""
         return hashlib.sha256(self.canonical_json().encode("ascii")).hexdigest()[:16]
+
+    @property
+    def legacy_key(self) -> str:
+        """The key this unit had before the query's digest was part of it (to adopt results written then)."""
+        old = {k: v for k, v in self.identity().items() if k != "query_sha256"}
+        text = json.dumps(old, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+
+    @property
+    def legacy_dirname(self) -> str:
+        """The output directory name of this unit before the query's digest was part of its key."""
+        return f"{self.slug}-{self.legacy_key}"
+
+    def with_query_digest(self) -> WorkUnit:
+        """This unit with :attr:`query_sha256` read from its query file now."""
+        return dataclasses.replace(self, query_sha256=query_digest(self.query_path))
 
     @property
     def slug(self) -> str:
@@ -460,6 +499,8 @@ def parse_manifest(data: bytes | str, fmt: str | None = None, base_dir: str | os
 
     Returns:
         :class:`Manifest`; a unit repeated on a later line is listed once (see ``duplicates``).
+        Each unit's ``query_sha256`` is read from its query file (relative paths against
+        ``base_dir``, else the working directory).
 
     Raises:
         ManifestError: only when the file as a whole cannot be read (e.g. a CSV without a valid header).
@@ -476,7 +517,7 @@ def parse_manifest(data: bytes | str, fmt: str | None = None, base_dir: str | os
         try:
             if isinstance(rec, Exception):
                 raise rec
-            unit = unit_from_record(rec, no, os.fspath(base_dir))
+            unit = unit_from_record(rec, no, os.fspath(base_dir)).with_query_digest()
             key = unit.key
         except (ValueError, TypeError, RecursionError) as e:
             msg = " ".join(str(e).split()) or type(e).__name__
@@ -594,7 +635,8 @@ def manifest_from_images(
             q = str(fr)
         rec = {"query": q, "subject": subject, "prior": prior, "layer": layer, "method": method, "n": n, "seed": seed}
         try:
-            units.append(unit_from_record({k: v for k, v in rec.items() if v is not None} | {"label": label}))
+            unit = unit_from_record({k: v for k, v in rec.items() if v is not None} | {"label": label})
+            units.append(dataclasses.replace(unit, query_sha256=query_digest(fr)))
         except ValueError as e:
             raise ManifestError(f"cannot write a unit for {f}: {e}") from None
     return units

@@ -37,10 +37,10 @@ class AuditWorker:
         self.options = options
         self.cache = ModelCache(options)
 
-    def run(self, unit: dict[str, Any]) -> UnitResult:
+    def run(self, unit: dict[str, Any], wait: bool = False) -> UnitResult:
         u = WorkUnit.from_dict(unit)
         try:
-            return run_unit(u, self.out, self.cache, self.options)
+            return run_unit(u, self.out, self.cache, self.options, wait=wait)
         except OutputWriteError as e:  # reported, not raised: the driver stops the audit
             return UnitResult(u.key, u.dirname, u.line, "output-error", error=str(e))
 
@@ -68,6 +68,9 @@ def run_units_ray(
     gpus_per_worker: float | None = None,
 ) -> Iterator[UnitResult]:
     """Run ``units`` on ``workers`` Ray actors; yield results as they finish.
+
+    A unit another process holds comes back ``busy`` (yielded, for the message) and is queued
+    again behind the others, this time waiting for its lock.
 
     Args:
         units: this shard's units.
@@ -98,7 +101,14 @@ def run_units_ray(
     actors = [actor_cls.remote(str(Path(out).resolve()), opts) for _ in range(max(1, min(workers, len(units) or 1)))]
     try:
         pool = ActorPool(actors)
-        yield from pool.map_unordered(lambda a, u: a.run.remote(u.to_dict()), units)
+        by_key = {u.key: u for u in units}
+        for u in units:
+            pool.submit(lambda a, v: a.run.remote(v.to_dict()), u)
+        while pool.has_next():
+            r = pool.get_next_unordered()
+            if r.status == "busy":
+                pool.submit(lambda a, v: a.run.remote(v.to_dict(), True), by_key[r.key])
+            yield r
     finally:
         for a in actors:
             ray.kill(a)

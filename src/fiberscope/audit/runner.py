@@ -3,17 +3,21 @@
 Layout of an audit's output directory::
 
     OUT/units/<slug>-<key>/      one finished unit: sample_XXX.png, grid.png, query.png, samples.npz,
-                                 record.json (fiber_loss, seeds, config incl. the unit)
-    OUT/units/.partial-<key>-*/  a unit being written (renamed to its final name when complete)
+                                 record.json (fiber_loss, seeds, config incl. the unit, and "files":
+                                 the name, size and SHA-256 of every other file)
+    OUT/units/.partial-<key>-*/  a unit being written, with owner.json (renamed into place when complete)
+    OUT/.locks/<key>.lock        held by the process working on the unit (never deleted)
     OUT/failed/<slug>-<key>.json why a unit failed (removed once it succeeds)
     OUT/summary.jsonl            one line per manifest line: status, fiber loss or error
     OUT/audit.json               totals, shard, engine, bad manifest lines
     OUT/report.html              the HTML report (single-shard runs; ``fiberscope report OUT`` rebuilds it)
 
-A unit is finished when ``units/<slug>-<key>/record.json`` exists. It is written into a hidden
-staging directory first and renamed into place only when every file is complete, so a process
-killed at any moment (SIGKILL included) leaves either a finished unit or a staging directory that
-the next run deletes and redoes. Nothing finished is ever rewritten.
+A unit is finished when ``units/<slug>-<key>/record.json`` is sound and every file it lists has
+its recorded size (and, with ``--verify``, its SHA-256). It is written into a staging directory
+owned by this process (see :mod:`fiberscope.audit.store`) while the unit's lock is held, and
+renamed into place only when every file is complete, so a process killed at any moment (SIGKILL
+included) leaves either a finished unit or a staging directory that a later run deletes once its
+owner is provably gone. A finished unit is never rewritten; a damaged one is redone.
 
 Example:
     >>> from fiberscope.audit import read_manifest, run_audit           # doctest: +SKIP
@@ -30,8 +34,6 @@ import errno
 import inspect
 import json
 import os
-import re
-import shutil
 import socket
 import time
 import traceback
@@ -41,9 +43,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils import atomic_write_json, atomic_write_text, is_rank_zero, jsonable
-from .manifest import Manifest, WorkUnit
+from ..utils import atomic_write_json, atomic_write_text, is_rank_zero, jsonable, signals_deferred
+from .manifest import Manifest, WorkUnit, query_digest
 from .sharding import ShardInfo, shard_units
+from .store import (
+    Check,
+    Staging,
+    StagingLostError,
+    check_result,
+    commit,
+    describe_writers,
+    discard_dir,
+    expected_files,
+    held,
+    lock_for,
+    remove_stale_staging,
+    remove_stale_temps,
+    remove_tree,
+    seal,
+    try_acquire,
+)
 
 __all__ = [
     "AuditRun",
@@ -53,6 +72,7 @@ __all__ = [
     "UnitResult",
     "run_audit",
     "run_unit",
+    "unit_status",
     "write_summary",
 ]
 
@@ -77,6 +97,8 @@ class RunOptions:
         cache_size: loaded priors (and subjects) kept per process.
         gradient_checkpointing: load priors with activation recomputation in the backward pass
             (less memory, e.g. the 256×256 ADM; results are unchanged).
+        verify: check the SHA-256 of every file of a finished unit before skipping it (sizes are
+            always checked); a unit that fails is redone.
     """
 
     device: str | None = None
@@ -87,20 +109,29 @@ class RunOptions:
     progress: bool = False
     cache_size: int = 2
     gradient_checkpointing: bool = False
+    verify: bool = False
 
 
 @dataclass
 class UnitResult:
-    """What happened to one unit in this run."""
+    """What happened to one unit in this run.
+
+    ``status``: ``"done"``, ``"skipped"`` (finished earlier, or by another process meanwhile),
+    ``"failed"``, ``"output-error"``, or ``"busy"`` (another process holds the unit's lock; the
+    engines come back to it, waiting). ``redone``: why the finished result on disk was damaged and
+    redone; ``adopted``: a result written before unit keys had the query's digest, taken over.
+    """
 
     key: str
     dirname: str
     line: int
-    status: str  # "done", "skipped" (finished earlier), "failed", "output-error"
+    status: str
     fiber_loss_mean: float | None = None
     error: str | None = None
     code: int | None = None
     seconds: float = 0.0
+    redone: str | None = None
+    adopted: bool = False
 
 
 def _default_device() -> str:
@@ -218,84 +249,179 @@ def one_line(text: str, limit: int = 600) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def _token() -> str:
-    return re.sub(r"[^A-Za-z0-9-]+", "-", f"{socket.gethostname()}-{os.getpid()}")[:60]
-
-
-def _read_record(d: Path) -> dict[str, Any] | None:
-    try:
-        rec = json.loads((d / "record.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) and "fiber_loss" in rec else None
-
-
-def _fsync_dir(d: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _commit(staging: Path, final: Path) -> bool:
-    """Rename the complete staging directory to ``final``; False if another process finished it first."""
-    if final.exists():
-        if _read_record(final) is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-            return False
-        stale = final.with_name(f".stale-{final.name}-{_token()}")
-        os.rename(final, stale)  # an unfinished leftover (no record): replace it
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        os.rename(staging, final)
-    except OSError as e:
-        if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and _read_record(final) is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-            return False
-        raise
-    _fsync_dir(final.parent)
-    return True
-
-
-def clean_staging(out: str | os.PathLike[str], units: Iterable[WorkUnit]) -> int:
-    """Delete staging directories left by killed runs for ``units`` (only those: other shards may be writing)."""
-    d = Path(out) / "units"
-    if not d.is_dir():
-        return 0
-    keys = {u.key for u in units}
-    removed = 0
-    for p in d.iterdir():
-        if p.name.startswith(".stale-") or (p.name.startswith(".partial-") and p.name[9:25] in keys):
-            shutil.rmtree(p, ignore_errors=True)
-            removed += 1
-    return removed
-
-
 def _failure_path(out: Path, unit: WorkUnit) -> Path:
     return out / "failed" / f"{unit.dirname}.json"
 
 
+def _output_error(e: OSError, where: Path | str) -> OutputWriteError:
+    return OutputWriteError(e.errno, f"{e.strerror} (writing {e.filename or where})")
+
+
+def _write_failure(root: Path, unit: WorkUnit, record: dict[str, Any]) -> None:
+    try:
+        atomic_write_json(_failure_path(root, unit), record)
+    except OSError as w:
+        raise _output_error(w, _failure_path(root, unit)) from w
+
+
+def _remove_debris(units_dir: Path, unit: WorkUnit) -> int:
+    """Stale staging of ``unit`` (owners provably gone) and half-deleted leftovers; call holding its lock."""
+    n = len(remove_stale_staging(units_dir, f".partial-{unit.key}-"))
+    with contextlib.suppress(OSError):
+        for p in units_dir.iterdir():
+            if p.name.startswith(f".stale-{unit.dirname}-"):
+                remove_tree(p)
+                n += 1
+    return n
+
+
+def sweep_debris(out: str | os.PathLike[str], units: Iterable[WorkUnit]) -> int:
+    """Remove what killed processes left of ``units``: staging directories whose owners are provably gone.
+
+    Each unit with something to remove is looked at only if its lock is free at that moment (a
+    unit being written by a live process is left alone). Returns how many directories went.
+    """
+    root = Path(out)
+    units_dir = root / "units"
+    try:
+        names = [p.name for p in units_dir.iterdir() if p.name.startswith((".partial-", ".stale-"))]
+    except OSError:
+        return 0
+    if not names:
+        return 0
+    removed = 0
+    for u in units:
+        if not any(u.key in n for n in names):
+            continue
+        lock = lock_for(root, u.key)
+        if try_acquire(lock, False):
+            try:
+                removed += _remove_debris(units_dir, u)
+            finally:
+                with signals_deferred():
+                    lock.release()
+    return removed
+
+
+def _adopt_legacy(unit: WorkUnit, units_dir: Path, final: Path) -> bool:
+    """Take over a unit finished by a fiberscope whose keys had no query digest, if it is this unit.
+
+    It is adopted only if its record is sound, it loads, and the query stored in its
+    ``samples.npz`` is exactly the query file's content now (loaded as the sampler loads it);
+    then it is renamed to the new name and its file list added. Call holding the unit's lock.
+    """
+    import numpy as np
+
+    from ..api import FiberSamples
+    from ..data.query import load_query
+
+    legacy = units_dir / unit.legacy_dirname
+    if legacy == final or unit.query_sha256 is None or not legacy.is_dir():
+        return False
+    c = check_result(legacy, n=unit.n, require_files=False)
+    rec = c.record
+    if not c.ok or rec is None or "files" in rec:
+        return False
+    audit = rec["config"].get("audit")
+    if not isinstance(audit, dict) or audit.get("key") != unit.legacy_key:
+        return False
+    if not all((legacy / f).is_file() for f in expected_files(unit.n)):
+        return False
+    try:
+        FiberSamples.load(legacy)
+        with np.load(legacy / "samples.npz", allow_pickle=False) as z:
+            stored = z["query"]
+        dr = rec.get("data_range")
+        now = load_query(unit.query_path, image_shape=tuple(stored.shape[1:]), data_range=tuple(dr) if dr else None)
+        if now.shape != stored.shape or not np.array_equal(now.numpy(), stored):
+            return False
+    except Exception:  # anything unreadable: not adopted, the unit is simply run
+        return False
+    try:
+        staging = Staging(units_dir, f".partial-{unit.key}-", source=legacy)
+    except OSError:
+        return False
+    try:
+        seal(staging, unit.n, extra={"audit": {**_audit_info(unit), "adopted_from": unit.legacy_dirname}})
+        return commit(staging, final, n=unit.n)
+    except OSError as e:
+        staging.discard()
+        raise _output_error(e, final) from e
+    except BaseException:
+        staging.discard()
+        raise
+
+
+def _audit_info(unit: WorkUnit) -> dict[str, Any]:
+    return {"unit": unit.identity(), "key": unit.key, "label": unit.label}
+
+
 def run_unit(
-    unit: WorkUnit, out: str | os.PathLike[str], cache: ModelCache, options: RunOptions | None = None
+    unit: WorkUnit,
+    out: str | os.PathLike[str],
+    cache: ModelCache,
+    options: RunOptions | None = None,
+    *,
+    wait: bool = True,
 ) -> UnitResult:
     """Run one unit unless it is already finished; write its result atomically.
+
+    The unit's lock (``OUT/.locks/<key>.lock``) is held from the check "is it finished?" to the
+    rename into place, so two processes never both work on it. A finished unit is checked first
+    (its record and every file's size; the SHA-256 digests too with ``options.verify``): a
+    damaged one is removed and redone, and the result's ``redone`` says why.
 
     Failures of the unit itself (a bad image, an unavailable model, a subject without gradient,
     NaN) are returned as ``status="failed"`` with a one-line message, and recorded under
     ``OUT/failed/``. A failure to *write* raises :class:`OutputWriteError`. On any interruption
     (Ctrl-C, SIGTERM turned into KeyboardInterrupt) the half-written staging directory is removed.
-    """
-    from ..api import sample_fiber
-    from ..cli import _error_code, method_from_spec
 
+    Args:
+        unit: the unit.
+        out: the audit's output directory.
+        cache: loaded models.
+        options: how to run it (default ``cache.options``).
+        wait: if another process holds the unit's lock, wait for it (True), or return at once
+            with ``status="busy"`` and the writer in ``error`` (False).
+    """
     options = options or cache.options
     root = Path(out)
-    final = root / "units" / unit.dirname
-    rec = _read_record(final)
-    if rec is not None:
-        return UnitResult(unit.key, unit.dirname, unit.line, "skipped", _mean(rec))
+    units_dir = root / "units"
+    final = units_dir / unit.dirname
+    check = check_result(final, n=unit.n, digests=options.verify)
+    if check.ok:
+        return UnitResult(unit.key, unit.dirname, unit.line, "skipped", _mean(check.record))
+    try:
+        lock = lock_for(root, unit.key)
+        got = try_acquire(lock, wait)
+    except OSError as e:
+        raise _output_error(e, root / ".locks") from e
+    if not got:
+        writer = describe_writers(units_dir, f".partial-{unit.key}-")
+        return UnitResult(unit.key, unit.dirname, unit.line, "busy", error=writer)
+    try:
+        return _run_locked(unit, root, cache, options)
+    finally:
+        with signals_deferred():
+            lock.release()
+
+
+def _run_locked(unit: WorkUnit, root: Path, cache: ModelCache, options: RunOptions) -> UnitResult:
+    from ..api import sample_fiber
+    from ..cli import EXIT, CLIError, _error_code, method_from_spec
+
+    units_dir = root / "units"
+    final = units_dir / unit.dirname
+    check = check_result(final, n=unit.n, digests=options.verify)  # again: it may have finished meanwhile
+    if check.ok:
+        return UnitResult(unit.key, unit.dirname, unit.line, "skipped", _mean(check.record))
+    _remove_debris(units_dir, unit)
+    if check.status == "missing" and _adopt_legacy(unit, units_dir, final):
+        rec = check_result(final, n=unit.n).record or {}
+        return UnitResult(unit.key, unit.dirname, unit.line, "skipped", _mean(rec), adopted=True)
+    redone = check.problem if check.status == "damaged" else None
+    if redone is not None:
+        discard_dir(final)
     t0 = time.perf_counter()
     try:
         prior = cache.prior(unit.prior)
@@ -312,48 +438,69 @@ def run_unit(
             device=cache.device,
             progress=options.progress and is_rank_zero(),
         )
+        if query_digest(unit.query_path) != unit.query_sha256:
+            raise CLIError(
+                f"query file {unit.query_path} changed while the audit ran (its SHA-256 is not the one read "
+                "with the manifest); run the audit again",
+                EXIT["input"],
+            )
     except Exception as e:
         code, msg = _error_code(e)
         msg = one_line(msg)
+        _write_failure(
+            root,
+            unit,
+            {
+                "unit": unit.identity(),
+                "line": unit.line,
+                "error": msg,
+                "code": code,
+                "type": type(e).__name__,
+                "redone": redone,
+                "traceback": traceback.format_exc()[-20000:],
+            },
+        )
+        return UnitResult(unit.key, unit.dirname, unit.line, "failed", error=msg, code=code, redone=redone)
+    info = _audit_info(unit)
+    if redone is not None:
+        info["redone"] = redone
+    res.config["audit"] = info
+    committed = False
+    for attempt in range(2):
         try:
-            atomic_write_json(
-                _failure_path(root, unit),
-                {
-                    "unit": unit.identity(),
-                    "line": unit.line,
-                    "error": msg,
-                    "code": code,
-                    "type": type(e).__name__,
-                    "traceback": traceback.format_exc()[-20000:],
-                },
-            )
-        except OSError as w:
-            raise OutputWriteError(w.errno, f"{w.strerror} (writing {_failure_path(root, unit)})") from w
-        return UnitResult(unit.key, unit.dirname, unit.line, "failed", error=msg, code=code)
-    res.config["audit"] = {"unit": unit.identity(), "key": unit.key, "label": unit.label}
-    staging = root / "units" / f".partial-{unit.key}-{_token()}"
-    try:
-        if staging.exists():
-            shutil.rmtree(staging)
-        res.save(staging)
-        _commit(staging, final)
-        with contextlib.suppress(FileNotFoundError):
-            _failure_path(root, unit).unlink()
-    except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        where = e.filename or staging
-        raise OutputWriteError(e.errno, f"{e.strerror} (writing {where})") from e
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return UnitResult(
-        unit.key, unit.dirname, unit.line, "done", float(res.fiber_loss.mean()), seconds=time.perf_counter() - t0
-    )
+            staging = Staging(units_dir, f".partial-{unit.key}-")
+        except OSError as e:
+            raise _output_error(e, units_dir) from e
+        try:
+            res.save(staging.path)
+            seal(staging, len(res))
+            committed = commit(staging, final, n=unit.n)
+            break
+        except StagingLostError as e:  # only without working locks between hosts: write it again
+            staging.discard()
+            if attempt:
+                raise _output_error(e, staging.path) from e
+        except OSError as e:
+            staging.discard()
+            raise _output_error(e, staging.path) from e
+        except BaseException:
+            staging.discard()
+            raise
+    with contextlib.suppress(FileNotFoundError):
+        _failure_path(root, unit).unlink()
+    mean = float(res.fiber_loss.mean())
+    status = "done" if committed else "skipped"
+    return UnitResult(unit.key, unit.dirname, unit.line, status, mean, seconds=time.perf_counter() - t0, redone=redone)
 
 
-def _mean(rec: dict[str, Any]) -> float | None:
-    v = rec.get("fiber_loss_mean")
+def _mean(rec: dict[str, Any] | None) -> float | None:
+    v = (rec or {}).get("fiber_loss_mean")
     return float(v) if isinstance(v, (int, float)) else None
+
+
+def unit_status(out: str | os.PathLike[str], unit: WorkUnit, *, digests: bool = False) -> Check:
+    """What is on disk for ``unit``: ``ok`` (finished), ``missing`` or ``damaged`` (with the problem)."""
+    return check_result(Path(out) / "units" / unit.dirname, n=unit.n, digests=digests)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -372,6 +519,9 @@ def write_summary(
 
     The summary is rebuilt from the output directory each time, so several shards writing it in
     turn each leave a complete, consistent snapshot (the last one written is the most complete).
+    A unit is ``done`` only if its record is sound and every file it lists has its recorded size
+    (:func:`~fiberscope.audit.store.check_result`); otherwise ``damaged``, ``failed`` or ``pending``.
+    A row's ``redone`` says why an earlier result of the unit was found damaged and redone.
     """
     root = Path(out)
     rows: list[dict[str, Any]] = []
@@ -383,13 +533,23 @@ def write_summary(
             **u.identity(),
             "label": u.label,
         }
-        rec = _read_record(root / "units" / u.dirname)
-        if rec is not None:
+        check = unit_status(root, u)
+        if check.ok and check.record is not None:
+            rec = check.record
             row.update(status="done", fiber_loss_mean=_mean(rec), fiber_loss=rec.get("fiber_loss"))
+            audit = rec["config"].get("audit")
+            if isinstance(audit, dict) and audit.get("redone"):
+                row["redone"] = audit["redone"]
+        elif check.status == "damaged":
+            row.update(
+                status="damaged", error=f"finished result is damaged: {check.problem}; rerun the audit to redo it"
+            )
         else:
             try:
                 fail = json.loads(_failure_path(root, u).read_text())
                 row.update(status="failed", error=fail.get("error"), code=fail.get("code"))
+                if fail.get("redone"):
+                    row["redone"] = fail["redone"]
             except (OSError, ValueError, AttributeError):
                 row.update(status="pending")
         rows.append(row)
@@ -404,7 +564,8 @@ def write_summary(
         "manifest": manifest.path,
         "state": state,
         "units": len(manifest.units),
-        **{k: counts.get(k, 0) for k in ("done", "failed", "pending", "invalid", "duplicate")},
+        **{k: counts.get(k, 0) for k in ("done", "failed", "damaged", "pending", "invalid", "duplicate")},
+        "redone": sum(1 for r in rows if r.get("redone")),
         "bad_lines": [{"line": e.line, "error": e.message} for e in manifest.errors],
         "last_writer": {
             "shard": dataclasses.asdict(shard) if shard else None,
@@ -414,8 +575,11 @@ def write_summary(
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     }
-    atomic_write_text(root / "summary.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
-    atomic_write_json(root / "audit.json", summary)
+    # shards write these in turn; the lock also makes every other writer's temporary files debris
+    with held(lock_for(root, "summary")):
+        remove_stale_temps(root, ("summary.jsonl", "audit.json", "report.html"))
+        atomic_write_text(root / "summary.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
+        atomic_write_json(root / "audit.json", summary)
     return summary
 
 
@@ -441,6 +605,16 @@ class AuditRun:
         return {k: c.get(k, 0) for k in ("done", "skipped", "failed")}
 
     @property
+    def redone(self) -> list[UnitResult]:
+        """Units whose finished result was found damaged (and redone, or failed when redone)."""
+        return [r for r in self.results if r.redone]
+
+    @property
+    def adopted(self) -> list[UnitResult]:
+        """Units finished by a fiberscope whose keys had no query digest, taken over without rerunning."""
+        return [r for r in self.results if r.adopted]
+
+    @property
     def failed(self) -> list[UnitResult]:
         return [r for r in self.results if r.status == "failed"]
 
@@ -448,9 +622,16 @@ class AuditRun:
 def _local_engine(
     units: list[WorkUnit], out: Path, options: RunOptions, cache: ModelCache | None
 ) -> Iterator[UnitResult]:
+    """Each unit in turn; units another process holds are yielded as ``busy`` and run (waiting) at the end."""
     cache = cache or ModelCache(options)
+    busy: list[WorkUnit] = []
     for u in units:
-        yield run_unit(u, out, cache, options)
+        r = run_unit(u, out, cache, options, wait=False)
+        if r.status == "busy":
+            busy.append(u)
+        yield r
+    for u in busy:
+        yield run_unit(u, out, cache, options, wait=True)
 
 
 def run_audit(
@@ -481,7 +662,7 @@ def run_audit(
         progress: a progress bar over units (never on non-zero ranks).
         report: write ``report.html`` when done (single-shard runs; with several shards run
             ``fiberscope report OUT`` once every shard has finished).
-        log: called with one line per failed unit (default: printed to stderr).
+        log: called with one line per failed, damaged-and-redone or waited-for unit (default: printed to stderr).
 
     Returns:
         :class:`AuditRun`. Units that failed are in ``.failed``; bad manifest lines in ``.manifest.errors``.
@@ -499,7 +680,10 @@ def run_audit(
     cwd = os.getcwd()
     units = [u if u.base_dir else dataclasses.replace(u, base_dir=cwd) for u in shard_units(manifest.units, shard)]
     (root / "units").mkdir(parents=True, exist_ok=True)
-    clean_staging(root, units)
+    try:
+        sweep_debris(root, units)
+    except OSError as e:
+        raise _output_error(e, root / ".locks") from e
     run = AuditRun(root.resolve(), manifest, shard, units)
     threads0 = None
     if options.threads and engine == "local":
@@ -525,16 +709,24 @@ def run_audit(
             results = run_units_ray(units, root, options, workers=workers, address=ray_address)
         else:
             raise ValueError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+
+        def say(msg: str) -> None:
+            if bar is not None:
+                bar.write(msg, file=sys.stderr)
+            else:
+                log(msg)
+
         for r in results:
             if r.status == "output-error":
                 raise OutputWriteError(errno.EIO, r.error or "cannot write output")
+            if r.status == "busy":  # the engine comes back to it at the end, waiting for the lock
+                say(f"unit {r.line}: being written by {r.error}; coming back to it at the end [{r.dirname}]")
+                continue
             run.results.append(r)
+            if r.redone:
+                say(f"unit {r.line}: its finished result was damaged ({r.redone}); redone [{r.dirname}]")
             if r.status == "failed":
-                msg = f"unit {r.line}: {r.error} [{r.dirname}]"
-                if bar is not None:
-                    bar.write(msg, file=sys.stderr)
-                else:
-                    log(msg)
+                say(f"unit {r.line}: {r.error} [{r.dirname}]")
             if bar is not None:
                 bar.update(1)
                 if r.fiber_loss_mean is not None:
@@ -561,7 +753,9 @@ def run_audit(
         if cache is not None:
             run.cache_loads = {"/".join(k[:2]): v for k, v in cache.loads.items()}
         try:
-            run.summary = write_summary(root, manifest, shard=shard, engine=engine, state=state)
+            # after an interrupt a second Ctrl-C must not cut the summary short: it is acted on afterwards
+            with signals_deferred() if state == "interrupted" else contextlib.nullcontext():
+                run.summary = write_summary(root, manifest, shard=shard, engine=engine, state=state)
             # with several shards the report is left to `fiberscope report OUT` once all are done:
             # every shard rewriting it would redo the whole page once per shard
             finished = any(r.status in ("done", "skipped") for r in run.results)

@@ -55,6 +55,7 @@ def _describe(cfg: dict[str, Any], key: str) -> str:
 def write_results_report(results: Path | str, out: Path | str | None = None, title: str | None = None) -> Path:
     """Write ``report.html`` for the results under ``results``; returns its path."""
     from ..api import FiberSamples
+    from ..audit.store import check_result
 
     root = Path(results)
     if not root.is_dir():
@@ -75,12 +76,18 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
     summary: list[list[Any]] = []
     for d in dirs:
         rel = os.path.relpath(d, root)
+        # the same check as the audit's resume and summary.jsonl: a record that is well formed and,
+        # when it lists its files, every file at its recorded size
+        check = check_result(d, require_files=False)
         try:
+            if not check.ok:
+                raise ValueError(check.problem)
             res = FiberSamples.load(d)
         except Exception as e:  # a damaged result must not hide the others
             rep.heading(rel, level=3)
-            rep.paragraph(f"could not read this result: {type(e).__name__}: {e}", cls="warn")
-            summary.append([rel, "unreadable", "", "", ""])
+            why = f"{type(e).__name__}: {e}" if check.ok else f"damaged: {e}"
+            rep.paragraph(f"could not read this result: {why}", cls="warn")
+            summary.append([rel, "unreadable" if check.ok else "damaged", "", "", ""])
             continue
         cfg = res.config
         method = (cfg.get("method") or {}).get("method", "?")
@@ -90,6 +97,8 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
             u = audit["unit"]
             label = f" · label {audit['label']}" if audit.get("label") else ""
             rep.paragraph(f"query {u.get('query')} · seed {u.get('seed')} · method spec {u.get('method')}{label}")
+            if audit.get("redone"):
+                rep.paragraph(f"redone: the earlier result of this unit was damaged ({audit['redone']})", cls="warn")
         rep.paragraph(
             f"subject {_describe(cfg, 'subject')} · prior {_describe(cfg, 'prior')} · method {method} · "
             f"{len(res)} samples · {res.timings.get('total', 0):.1f} s"
@@ -104,8 +113,9 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
     if problems:
         rep.heading("Units not finished")
         rep.paragraph(
-            "From the audit's summary.jsonl: failed units (rerun the audit after fixing the cause), bad manifest "
-            "lines (skipped), and units still pending (another shard, or an interrupted run).",
+            "From the audit's summary.jsonl: failed units (rerun the audit after fixing the cause), damaged "
+            "results (rerun the audit: they are redone), bad manifest lines (skipped), and units still pending "
+            "(another shard, or an interrupted run).",
             cls="warn",
         )
         rep.table(["line", "status", "unit", "error"], problems, left=4)
