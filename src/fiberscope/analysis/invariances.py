@@ -763,6 +763,28 @@ def _join(words: list[str]) -> str:
     return ", ".join(words[:-1]) + " and " + words[-1]
 
 
+#: groups of probes named together when every member is kept
+_GROUPS = (
+    ("the shape", ("translation", "rotation", "scale", "flip", "fine_detail")),
+    ("the layout", ("translation", "rotation", "scale")),
+    ("the tones", ("brightness", "contrast", "colour")),
+)
+
+
+def _kept_words(kept: list[str], rep: InvarianceReport, label: Mapping[str, str]) -> list[str]:
+    """What is kept, in words: whole groups first (``the shape``), then the other probes, at most four items."""
+    missing = {k for k, p in rep.probes.items() if not p.applicable}
+    rest = list(kept)
+    words = []
+    for name, members in _GROUPS:
+        present = [m for m in members if m in rep.probes and m not in missing]
+        if present and all(m in rest for m in present):
+            words.append(name if name == "the shape" else f"{name} ({', '.join(label[m] for m in present)})")
+            rest = [k for k in rest if k not in present]
+    words += [label[k] for k in rest]
+    return words[:4]
+
+
 def summarise(rep: InvarianceReport) -> str:
     """The plain-language paragraph of :meth:`InvarianceReport.summary`."""
     rank = rep.ranking
@@ -789,23 +811,24 @@ def summarise(rep: InvarianceReport) -> str:
         words = [f"{label[k]} ({s:.2f})" for k, s in top]
         sentences.append(f"Samples vary most in {_join(words)}.")
         if kept:
-            shape_like = {"translation", "rotation", "scale", "flip", "fine_detail"}
-            shown = [label[k] for k in kept]
-            if shape_like <= set(kept) | {k for k, p in rep.probes.items() if not p.applicable}:
-                shown = ["the shape"] + [label[k] for k in kept if k not in shape_like]
+            shown = _kept_words(kept, rep, label)
             verb = "is" if len(shown) == 1 else "are"
-            sentences.append(f"{_join(shown)[:1].upper() + _join(shown)[1:]} {verb} kept (scores below {KEPT}).")
+            text = _join(shown)
+            sentences.append(f"{text[:1].upper() + text[1:]} {verb} kept (scores below {KEPT}).")
         unexplained = 1 - top[0][1]
         if unexplained > 0.4:
             sentences.append(
                 f"The best probe leaves {100 * unexplained:.0f} % of the variation unexplained: the samples also "
                 "change in other ways."
             )
-    refs = (("unguided", "unguided samples of the prior"), ("augmented", "random augmentations of the query"))
-    for key, what in refs:
-        ref = rep.references.get(key)
-        if ref and top:
-            k = top[0][0]
-            if k in ref:
-                sentences.append(f"For comparison, {what} score {ref[k]:.2f} on {label[k]}.")
+    if top:
+        k = top[0][0]
+        refs = [
+            (what, rep.references[key][k])
+            for key, what in (("unguided", "unguided samples of the prior"), ("augmented", "random augmentations"))
+            if k in rep.references.get(key, {})
+        ]
+        if refs:
+            parts = [f"{what} score {v:.2f}" for what, v in refs]
+            sentences.append(f"For comparison on {label[k]}, {_join(parts)}.")
     return " ".join(sentences)

@@ -30,6 +30,8 @@ details{margin:.5em 0}
 .summary{background:#f4f8f2;border-left:4px solid #5a9a4a;padding:.6em 1em;margin:.8em 0}
 .marks{color:#444;font-size:.92em}
 figure.chart svg{max-width:100%;height:auto}
+.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
+.row figure{margin:.6em 0;display:table}.row figcaption{display:table-caption;caption-side:bottom}
 h4{font-size:1em;margin:1.2em 0 .3em}
 """
 
@@ -83,6 +85,15 @@ class Report:
             f'<figure class="fig"><img src="{png_data_uri(img)}" alt="{esc(alt or caption)}">'
             f"<figcaption>{esc(caption)}</figcaption></figure>"
         )
+
+    def figures_row(self, figures: Sequence[tuple[Any, str]]) -> None:
+        """Several ``(image, caption)`` figures side by side (wrapping on narrow screens)."""
+        inner = "".join(
+            f'<figure class="fig"><img src="{png_data_uri(img)}" alt="{esc(cap)}"><figcaption>{esc(cap)}</figcaption>'
+            "</figure>"
+            for img, cap in figures
+        )
+        self.parts.append(f'<div class="row">{inner}</div>')
 
     def details(
         self,

@@ -27,7 +27,7 @@ __all__ = ["add_fiber_section", "add_invariances", "in_fiber_text", "ranking_svg
 #: colours of the chart: the fiber's bars, and the markers of the two references
 BAR = "#3b6fb6"
 REF_COLOURS = {"unguided": "#555555", "augmented": "#e08a00"}
-REF_LABELS = {"unguided": "unguided prior samples", "augmented": "random augmentations of the query"}
+REF_LABELS = {"unguided": "unguided prior samples", "augmented": "augmentations of the query"}
 
 
 def ranking_svg(inv: InvarianceReport, width: int = 560) -> str:
@@ -52,15 +52,15 @@ def ranking_svg(inv: InvarianceReport, width: int = 560) -> str:
         'aria-label="invariance ranking: score per probe with its references" '
         'font-family="system-ui,-apple-system,Segoe UI,Roboto,sans-serif" font-size="12">'
     ]
-    # legend
-    lx = x0
+    # legend (text widths estimated at 6.5 px per character of the 12 px font)
+    lx = 8
     out.append(f'<rect x="{lx}" y="8" width="14" height="10" fill="{BAR}"/>')
     out.append(f'<text x="{lx + 18}" y="17">fiber samples</text>')
-    lx += 110
+    lx += 18 + 85 + 16
     for r in refs:
         out.append(_marker(lx + 5, 13, REF_COLOURS[r]))
         out.append(f'<text x="{lx + 14}" y="17">{esc(REF_LABELS[r])}</text>')
-        lx += 14 + 7 * len(REF_LABELS[r]) + 16
+        lx += 14 + round(6.5 * len(REF_LABELS[r])) + 16
     # grid lines
     for g in (0.0, 0.25, 0.5, 0.75, 1.0):
         gx = x(g)
@@ -111,12 +111,12 @@ def in_fiber_text(in_fiber: torch.Tensor | None, tolerance: float | None, metric
         )
     flags = [bool(v) for v in in_fiber]
     k = sum(flags)
-    out = [str(i) for i, f in enumerate(flags) if not f]
+    out = [str(i + 1) for i, f in enumerate(flags) if not f]  # counted from 1, left to right in the grid
     text = (
         f"{k} of {len(flags)} samples are in the fiber (fiber loss {metric} ≤ {tolerance:.4g}; green frame in the grid)"
     )
     if out:
-        text += f"; outside it (red frame): sample{'s' if len(out) > 1 else ''} {', '.join(out)}"
+        text += f"; outside it (red frame): sample{'s' if len(out) > 1 else ''} {', '.join(out)} of the grid"
     return text + "."
 
 
@@ -176,8 +176,12 @@ def add_fiber_section(
     grid_caption: str = "query | fiber samples with their fiber loss",
 ) -> None:
     """Per fiber: the grid, the variation map, the in/out-of-fiber marks, the ranking chart and the summary."""
-    rep.figure(grid if grid is not None else res.grid(), grid_caption)
-    rep.figure(variation_image(res.images), "per-pixel standard deviation across the samples (white = varies most)")
+    rep.figures_row(
+        [
+            (grid if grid is not None else res.grid(), grid_caption),
+            (variation_image(res.images), "variation map: per-pixel spread of the samples (white = most)"),
+        ]
+    )
     rep.paragraph(in_fiber_text(res.in_fiber, res.tolerance, res.metric), cls="marks")
     if inv is not None:
         add_invariances(rep, inv)
