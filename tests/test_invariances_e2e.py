@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import fiberscope as fs
+from fiberscope.analysis.validation import colour_sensitive_subject, identity_subject, thumbnail_subject
 from fiberscope.cli import EXIT, main
 
 
@@ -32,19 +33,6 @@ def data():
     colour, _ = real_images("colormnist")
     i3 = int((labels == 3).nonzero()[0])
     return {"grey": grey, "colour": colour, "q_grey": grey[i3 : i3 + 1], "q_colour": colour[i3 : i3 + 1]}
-
-
-class ColourSensitive(torch.nn.Module):
-    """The colour-blind embedding and the background colour (weighted as strongly): its fiber keeps both."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.blind = fs.load_subject("builtin:colorblind-mnist")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x in [0, 1]
-        from fiberscope.data.colormnist import estimate_background
-
-        return torch.cat([self.blind(x, (0.0, 1.0)), 50 * estimate_background(x)], 1)
 
 
 def _fiber(subject, query, prior, n, **overrides):
@@ -66,8 +54,7 @@ def test_colour_blind_subject_on_colour_mnist_ranks_colour_first(data):
 
 @pytest.mark.slow
 def test_thumbnail_subject_on_mnist_ranks_fine_detail_first(data):
-    thumb = fs.load_subject(lambda x: F.avg_pool2d(x, 4).flatten(1), input_range=(0, 1), name="thumbnail-7x7")
-    res = _fiber(thumb, data["q_grey"], "builtin:mnist-ddpm", n=3)
+    res = _fiber(thumbnail_subject(), data["q_grey"], "builtin:mnist-ddpm", n=3)
     rep = fs.probe_invariances(res)
     assert rep.ranking[0][0] == "fine_detail" and rep.score("fine_detail") > 0.8, rep.ranking
     assert rep.ranking[1][1] < 0.4
@@ -75,8 +62,7 @@ def test_thumbnail_subject_on_mnist_ranks_fine_detail_first(data):
 
 @pytest.mark.slow
 def test_a_subject_that_sees_every_pixel_scores_every_probe_low(data):
-    identity = fs.load_subject(lambda x: x.flatten(1), input_range=(0, 1), name="identity")
-    res = _fiber(identity, data["q_grey"], "builtin:mnist-ddpm", n=3)
+    res = _fiber(identity_subject(), data["q_grey"], "builtin:mnist-ddpm", n=3)
     rep = fs.probe_invariances(res)
     assert max(s for _, s in rep.ranking) < 0.25, rep.ranking
     assert rep.variation < 0.05
@@ -84,8 +70,7 @@ def test_a_subject_that_sees_every_pixel_scores_every_probe_low(data):
 
 @pytest.mark.slow
 def test_a_colour_sensitive_subject_does_not_score_colour_high(data):
-    sens = fs.load_subject(ColourSensitive(), input_range=(0, 1), name="colour-sensitive")
-    res = _fiber(sens, data["q_colour"], "builtin:colormnist-latent", n=3)
+    res = _fiber(colour_sensitive_subject(), data["q_colour"], "builtin:colormnist-latent", n=3)
     rep = fs.probe_invariances(res)
     assert rep.score("colour") < 0.2 and rep.ranking[0][0] != "colour", rep.ranking
 
@@ -123,9 +108,8 @@ def test_compare_subjects_on_nested_invariances_analytic(tmp_path):
 
 @pytest.mark.slow
 def test_compare_colour_blind_and_colour_sensitive_subjects_on_colour_mnist(data, tmp_path):
-    sens = fs.load_subject(ColourSensitive(), input_range=(0, 1), name="colour-sensitive")
     cmp = fs.compare_subjects(
-        ["builtin:colorblind-mnist", sens],
+        ["builtin:colorblind-mnist", colour_sensitive_subject()],
         "builtin:colormnist-latent",
         data["q_colour"],
         n=2,
