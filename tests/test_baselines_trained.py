@@ -343,7 +343,7 @@ def test_cli_lists_shows_and_samples_a_trained_baseline(trained, tmp_path, capsy
     )
     assert main(["baselines", "train", "nope", "--root", root]) == 2
     assert "no baseline recipe" in capsys.readouterr().err
-    assert main(["baselines", "sample", "cfm-l10", "--root", str(tmp_path), "--test-index", "0"]) == 3
+    assert main(["baselines", "sample", "cfm-l10", "--root", str(tmp_path), "--test-index", "0"]) == 7  # not trained
     assert "fiberscope baselines train cfm-l10" in capsys.readouterr().err
 
 

@@ -99,9 +99,13 @@ def test_query_jpeg_and_npy(tmp_path):
     np.save(tmp_path / "f.npy", rng.random((28, 28)).astype(np.float32))
     q = load_query(tmp_path / "f.npy", image_shape=(1, 28, 28), data_range=(-1.0, 1.0))
     assert q.shape == (1, 1, 28, 28)
-    np.save(tmp_path / "big.npy", rng.random((28, 28)) * 255)
-    with pytest.raises(QueryError, match=r"float arrays must be in \[0, 1\]"):
-        load_query(tmp_path / "big.npy", image_shape=(1, 28, 28), data_range=(-1.0, 1.0))
+    big = rng.random((28, 28)) * 255  # floats on the 8-bit scale are divided by 255
+    np.save(tmp_path / "big.npy", big)
+    q = load_query(tmp_path / "big.npy", image_shape=(1, 28, 28), data_range=(0.0, 1.0))
+    assert torch.allclose(q[0, 0], torch.from_numpy(big / 255).float(), atol=1e-6)
+    np.save(tmp_path / "wide.npy", rng.random((28, 28)) * 4000 - 2000)  # any other range is refused
+    with pytest.raises(QueryError, match=r"wide\.npy holds floats in .*must be in \[0, 1\] .* or in \[0, 255\]"):
+        load_query(tmp_path / "wide.npy", image_shape=(1, 28, 28), data_range=(-1.0, 1.0))
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(QueryError, match="npy"):
         load_query(tmp_path / "obj.npy", image_shape=(1, 28, 28), data_range=(-1.0, 1.0))

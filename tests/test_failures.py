@@ -170,13 +170,13 @@ def test_unknown_or_uncached_model_ids(assets: Assets, tmp_path: Path, capsys) -
     argv = _sample(assets, assets.queries[0], tmp_path / "a")
     argv[argv.index("--prior") + 1] = "someorg/not-a-cached-model"
     code, err = _run(argv, capsys)
-    assert code == EXIT["input"]
+    assert code == EXIT["model"]
     _one_error_line(
         err, "someorg/not-a-cached-model", "not in the local Hugging Face cache", "huggingface-cli download"
     )
 
     code, err = _run(_sample(assets, assets.queries[0], tmp_path / "b", subject="builtin:no-such-model"), capsys)
-    assert code == EXIT["input"]
+    assert code == EXIT["model"]
     _one_error_line(err, "no-such-model", "fiberscope zoo list")
 
 
@@ -193,7 +193,7 @@ def test_pickle_checkpoints_need_trust_pickle(assets: Assets, tmp_path: Path, ca
     argv = _sample(assets, assets.queries[0], tmp_path / "out")
     argv[argv.index("--prior") + 1] = str(pickled)
     code, err = _run(argv, capsys)
-    assert code == EXIT["input"] and not (tmp_path / "out" / "record.json").exists()
+    assert code == EXIT["weights"] and not (tmp_path / "out" / "record.json").exists()
     _one_error_line(err, "no .safetensors", "--trust-pickle")
     code, err = _run([*argv, "--trust-pickle"], capsys)  # explicitly trusted: read with weights_only=True
     assert code == 0, err
@@ -361,7 +361,7 @@ def test_a_failing_unit_does_not_stop_the_others(assets: Assets, tmp_path: Path,
     # every unit fails for the same reason: the audit exits with that reason's code
     manifest = write_jsonl(tmp_path / "all.jsonl", [assets.unit(i, prior="someorg/uncached") for i in range(2)])
     code, err = _run(["audit", str(manifest), "--out", str(tmp_path / "o2"), "-q", "--device", "cpu"], capsys)
-    assert code == EXIT["input"] and err.count("not in the local Hugging Face cache") == 2
+    assert code == EXIT["model"] and err.count("not in the local Hugging Face cache") == 2
 
 
 def test_unreadable_query_paths_and_report_outputs(assets: Assets, tmp_path: Path, capsys) -> None:
@@ -422,3 +422,176 @@ def test_report_escapes_file_names_and_manifest_values(assets: Assets, tmp_path:
     assert main(_sample(assets, folder, tmp_path / "sample-out")) == 0
     html = (tmp_path / "sample-out" / "report.html").read_text()
     assert "<img src=y" not in html and "&lt;img src=y onerror=alert(3)&gt;" in html
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 20, items 9 and 10: every bad input a user can name has its own exit class, never "internal error";
+# flags are checked before any model loads; nothing a user wrote reaches the terminal unescaped
+
+
+@pytest.fixture
+def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    loads: list[str] = []
+    real_prior, real_subject = fs.load_prior, fs.load_subject
+
+    def prior(spec, **kw):
+        loads.append(f"prior {spec}")
+        return real_prior(spec, **kw)
+
+    def subject(spec, layer=None, **kw):
+        loads.append(f"subject {spec}")
+        return real_subject(spec, layer, **kw)
+
+    monkeypatch.setattr(fs, "load_prior", prior)
+    monkeypatch.setattr(fs, "load_subject", subject)
+    return loads
+
+
+def test_bad_flags_are_usage_errors_named_before_any_model_loads(
+    assets: Assets, tmp_path: Path, capsys, _count_loads: list[str]
+) -> None:
+    manifest = write_jsonl(tmp_path / "m.jsonl", [assets.unit(0)])
+    audit = ["audit", str(manifest), "--out", str(tmp_path / "a"), "-q", "--device", "cpu"]
+    q = assets.queries[0]
+    cases = [
+        (_sample(assets, q, tmp_path / "o", "--seed", "-1"), r"--seed must be an integer in [0, 18446744073709551615]"),
+        (_sample(assets, q, tmp_path / "o", "--n", "10000000"), "--n must be an integer in [1, 100000]"),
+        (_sample(assets, q, tmp_path / "o", "--steps", "1000000000"), "--steps must be an integer in [1, 10000]"),
+        (_sample(assets, q, tmp_path / "o", "--inner-steps", "1000000000"), "--inner-steps must be an integer"),
+        (_sample(assets, q, tmp_path / "o", "--gamma", "1e308"), "NDTM.gamma must be a finite number in [0, 10000]"),
+        (_sample(assets, q, tmp_path / "o", "--gamma", "true"), "NDTM.gamma must be a number"),
+        (_sample(assets, q, tmp_path / "o", "--lr", "1e308"), "--lr must be a finite number in (0, 1000]"),
+        (_sample(assets, q, tmp_path / "o", "--method", "unguided"), "unknown setting(s) ['inner_steps']"),
+        (_sample(assets, q, tmp_path / "o", "--device", "gpu0"), "--device 'gpu0' is not a device name"),
+        ([*audit, "--threads", "-1"], "--threads must be an integer in [1, 1024]"),
+        ([*audit, "--threads", "0"], "--threads must be an integer in [1, 1024]"),
+        ([*audit, "--batch-size", "0"], "--batch-size must be an integer in [1, 100000]"),  # was: per unit, after loads
+        ([*audit, "--cache-size", "0"], "--cache-size must be an integer in [1, 1000]"),
+        (["zoo", "evaluate", "mnist-ddpm", "--n", "0", "--no-write"], "--n must be an integer in [1, 100000]"),
+        (["zoo", "train", "mnist-cnn", "--threads", "-1"], "--threads must be an integer"),
+    ]
+    if not torch.cuda.is_available():
+        cases += [
+            (_sample(assets, q, tmp_path / "o", "--device", "cuda"), "no CUDA GPU is visible on this machine"),
+            ([*audit, "--device", "cuda:1"], "no CUDA GPU is visible on this machine"),
+            (["demo", "--quick", "--device", "cuda", "--out", str(tmp_path / "d")], "no CUDA GPU is visible"),
+        ]
+    for argv, needle in cases:
+        code, err = _run(argv, capsys)
+        assert code == EXIT["usage"], (argv, err)
+        _one_error_line(err, needle)
+    assert _count_loads == []
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_zoo_names_are_model_not_available(capsys) -> None:
+    for sub in (["card", "nope"], ["evaluate", "nope", "--n", "2"], ["export", "nope"], ["show", "builtin:nope"]):
+        code, err = _run(["zoo", *sub], capsys)
+        assert code == EXIT["model"], (sub, err)
+        _one_error_line(err, "no built-in model named", "mnist-ddpm", "fiberscope zoo list")
+
+
+def _damaged_prior(assets: Assets, root: Path, how: str) -> Path:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    d = root / f"prior-{how}"
+    shutil.copytree(assets.prior, d)
+    w = d / "unet" / "diffusion_pytorch_model.safetensors"
+    unet_cfg, sched = d / "unet" / "config.json", d / "scheduler" / "scheduler_config.json"
+    if how == "zero-byte":
+        w.write_bytes(b"")
+    elif how == "truncated":
+        w.write_bytes(w.read_bytes()[:3000])
+    elif how == "wrong-shape":
+        sd = load_file(str(w))
+        k = next(iter(sd))
+        sd[k] = sd[k].new_zeros(tuple(s + 2 for s in sd[k].shape))
+        save_file(sd, str(w))
+    elif how == "scheduler-list":
+        sched.write_text("[1, 2]")
+    elif how == "prediction-nonsense":
+        sched.write_text(json.dumps({**json.loads(sched.read_text()), "prediction_type": "nonsense"}))
+    elif how.startswith("sample-size"):
+        size = {"sample-size-0": 0, "sample-size-neg": -5, "sample-size-huge": 10**6}[how]
+        unet_cfg.write_text(json.dumps({**json.loads(unet_cfg.read_text()), "sample_size": size}))
+    elif how == "broken-config":
+        unet_cfg.write_text('{"_class_name": "UNet2DModel",')
+    return d
+
+
+@pytest.mark.parametrize(
+    "how, needle",
+    [
+        ("zero-byte", "cannot be loaded"),
+        ("truncated", "cannot be loaded"),
+        ("wrong-shape", "size mismatch"),
+        ("scheduler-list", "scheduler_config.json must hold a JSON object, got list"),
+        ("prediction-nonsense", "prediction_type 'nonsense' is not one of"),
+        ("sample-size-0", "sample_size must be an integer"),
+        ("sample-size-neg", "sample_size must be an integer"),
+        ("sample-size-huge", "in [1, 8192], got 1000000"),
+        ("broken-config", "unet/config.json is not valid JSON"),
+    ],
+)
+def test_damaged_model_files_are_bad_weights_naming_the_file(
+    assets: Assets, tmp_path: Path, capsys, how: str, needle: str
+) -> None:
+    d = _damaged_prior(assets, tmp_path, how)
+    argv = _sample(assets, assets.queries[0], tmp_path / "out")
+    argv[argv.index("--prior") + 1] = str(d)
+    code, err = _run(argv, capsys)
+    assert code == EXIT["weights"], err
+    _one_error_line(err, needle, str(d))
+    assert not (tmp_path / "out" / "record.json").exists()
+
+
+def test_special_query_files_and_layouts_are_named(assets: Assets, tmp_path: Path, capsys) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    hwc5 = tmp_path / "hwc5.npy"
+    np.save(hwc5, np.zeros((28, 28, 5), np.uint8))
+    for query, needle in [
+        (fifo, "is a FIFO (named pipe), not a regular file"),
+        ("/dev/zero", "is a character device, not a regular file"),
+        ("/proc/self/status", "is not an image"),
+        (hwc5, "has 5 channels and the prior wants 1"),
+    ]:
+        code, err = _run(_sample(assets, query, tmp_path / "o"), capsys)
+        assert code == EXIT["input"], err
+        line = _one_error_line(err, needle)
+        assert "empty (0 bytes)" not in line and "28 channels" not in line
+
+
+def test_an_error_inside_a_subject_is_not_called_a_shape_mismatch(
+    assets: Assets, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    real = fs.load_subject
+
+    def raises(x):
+        raise RuntimeError("my feature extractor lost its lookup table")
+
+    monkeypatch.setattr(fs, "load_subject", lambda spec, layer=None, **kw: real(raises, **kw))
+    code, err = _run(_sample(assets, assets.queries[0], tmp_path / "o", subject="test:raises"), capsys)
+    assert code == EXIT["input"]
+    line = _one_error_line(err, "failed on the query (RuntimeError: my feature extractor lost its lookup table)")
+    assert "cannot take the prior's images" not in line
+
+
+def test_terminal_escapes_in_names_are_printed_escaped(assets: Assets, tmp_path: Path, capsys) -> None:
+    evil = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\u202e"
+    code, err = _run(_sample(assets, tmp_path / f"{evil}.png", tmp_path / "o"), capsys)
+    assert code == EXIT["input"] and "\\x1b]0;pwned\\x07" in err
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl",
+        [assets.unit(0, label=evil), assets.unit(1, query=str(tmp_path / f"{evil}.png")), {"query": evil}],
+    )
+    code, err2 = _run(["audit", str(manifest), "--out", str(tmp_path / "a"), "-q", "--device", "cpu"], capsys)
+    assert code == EXIT["partial"]
+    with pytest.raises(SystemExit):
+        main(["sample", "q.png", "--\x1b[2Jevil"])  # argparse's own errors quote the argument
+    err3 = capsys.readouterr().err
+    for text in (err, err2, err3):
+        assert not any((ord(ch) < 32 and ch not in "\n\t") or ch in "\x7f\u202e" for ch in text), repr(text)
+    assert "\\x1b[2J" in err3

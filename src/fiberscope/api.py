@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .data.query import load_query
+from .errors import ParameterError, ParameterTypeError
 from .guidance.base import FiberObjective, GuidanceMethod, SampleNoise
 from .guidance.ndtm import NDTM
 from .losses import LOSSES
@@ -28,6 +29,7 @@ from .priors.base import CallCounter, Prior
 from .priors.loading import load_prior
 from .subjects.base import Subject, check_gradients, load_subject
 from .utils import atomic_write_bytes, atomic_write_json, is_rank_zero, jsonable
+from .validation import check, check_device, check_dtype, check_seeds
 
 __all__ = ["FiberSamples", "sample_fiber", "sample_seeds"]
 
@@ -224,21 +226,54 @@ class FiberSamples:
         )
 
 
-def _check_subject_accepts(subj: Subject, q: torch.Tensor, prior: Prior) -> None:
-    """One forward pass on the query: a shape/channel mismatch or NaN features get a clear error here."""
-    from .data.query import QueryError
+#: Phrases of torch's errors for tensors of the wrong shape (conv channels, matmul sizes, reshapes, ...).
+_SHAPE_ERRORS = (
+    "size mismatch",
+    "shape",
+    "channels",
+    "must match the size",
+    "mat1 and mat2",
+    "expected input",
+    "Expected input",
+    "Expected size",
+    "Expected 3D",
+    "Expected 4D",
+    "Given groups=",
+    "Kernel size can't be greater",
+    "cannot be multiplied",
+    "Sizes of tensors must match",
+    "out of bounds for dimension",
+    "is invalid for input of size",
+    "Output size is too small",
+)
 
+
+def _check_subject_accepts(subj: Subject, q: torch.Tensor, prior: Prior) -> None:
+    """One forward pass on the query: a shape/channel mismatch, an error inside φ or NaN features get a clear error.
+
+    Only an error that is about the input's shape is reported as a mismatch with the prior; any
+    other exception raised inside the subject is reported as that: the subject's name, the
+    exception and its message.
+    """
+    from .errors import SubjectError
+
+    name = getattr(subj, "name", "subject")
     try:
         with torch.no_grad():
             out = subj(q, prior.data_range)
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, MemoryError, KeyboardInterrupt):
         raise
-    except RuntimeError as e:
+    except Exception as e:
         first = " ".join(str(e).split())[:200]
-        raise QueryError(
-            f"subject {getattr(subj, 'name', 'subject')!r} cannot take the prior's images (shape "
-            f"{tuple(q.shape[1:])}): {first}; pair it with a prior of the channel count and size it expects, "
-            "or give it a preprocessing that resizes / converts channels"
+        if isinstance(e, RuntimeError) and any(s in str(e) for s in _SHAPE_ERRORS):
+            raise SubjectError(
+                f"subject {name!r} cannot take the prior's images (shape "
+                f"{tuple(q.shape[1:])}): {first}; pair it with a prior of the channel count and size it expects, "
+                "or give it a preprocessing that resizes / converts channels"
+            ) from None
+        raise SubjectError(
+            f"subject {name!r} failed on the query ({type(e).__name__}: {first}); the error was raised inside the "
+            "subject's own code: fix it there, or check that the subject and layer are the ones you meant"
         ) from None
     if isinstance(out, torch.Tensor) and out.is_floating_point() and not torch.isfinite(out).all():
         from .subjects.base import SubjectGradientError
@@ -297,22 +332,33 @@ def sample_fiber(
 
     Returns:
         :class:`FiberSamples`.
+
+    Raises:
+        ParameterError: an argument of the wrong type or out of its documented bounds (``n`` and
+            ``batch_size`` in [1, 100000], ``seed`` in [0, 2⁶⁴ − 1], ``seeds`` a list of integers in
+            [0, 2⁶³ − 1], a floating-point ``dtype``, a ``device`` that exists here), checked before any
+            model is loaded (see :mod:`fiberscope.validation`).
+        QueryError, SubjectError: the query cannot be read or the subject fails on it.
+        ModelNotAvailableError, WeightsError: the prior or subject cannot be loaded.
+        GuidanceError, SubjectGradientError: NaN/inf, or no gradient through the subject.
     """
     t_total = time.perf_counter()
     method = method if method is not None else NDTM()
     if not isinstance(method, GuidanceMethod):
-        raise TypeError(f"method must be a guidance method such as fiberscope.NDTM(...), got {type(method).__name__}")
-    if metric not in LOSSES:
-        raise ValueError(f"metric must be one of {sorted(LOSSES)}, got {metric!r}")
+        raise ParameterTypeError(
+            f"method must be a guidance method such as fiberscope.NDTM(...), got {type(method).__name__}", "method"
+        )
+    if not isinstance(metric, str) or metric not in LOSSES:
+        raise ParameterError(f"metric must be one of {sorted(LOSSES)}, got {metric!r}", "metric")
+    # every argument is checked (types and bounds, fiberscope.validation) before any model is loaded
     if seeds is not None:
-        seeds = [int(s) for s in seeds]
-        if not seeds:
-            raise ValueError("seeds is empty; give at least one seed")
+        seeds = check_seeds(seeds)
         n = len(seeds)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    n = check("n", n)
+    seed = check("seed", seed)
+    batch_size = check("batch_size", batch_size)
+    check_dtype(dtype)
+    check_device(device)
     prior_obj = load_prior(prior, device=device, dtype=dtype)
     dev = torch.device(device) if device is not None else prior_obj.device
     subj = load_subject(subject, layer, device=dev)

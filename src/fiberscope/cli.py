@@ -4,17 +4,27 @@ Every command takes ``--config FILE`` (YAML or TOML, ``{option: value}``; flags 
 command line win), ``--quiet`` (no progress bars) and ``--debug`` (full tracebacks), and its
 ``--help`` ends with examples. Errors are one line on stderr naming the problem and the fix.
 
+Every value is checked before any model is loaded (types and bounds from
+:mod:`fiberscope.validation`, the same rules as the API and manifests), and every message is
+printed with terminal control characters escaped.
+
 Exit codes:
     0  success
-    1  unexpected internal error (a bug: please report it with the traceback from ``--debug``)
-    2  usage error (bad flags, option values or config file)
-    3  bad input: a missing/corrupt/truncated or mis-shaped image, an unknown or uncached model id,
-       an unreadable manifest or one without a valid unit
+    1  internal error: a bug in fiberscope (please report it with the traceback from ``--debug``);
+       never used for an input that can be named
+    2  usage error: a bad flag, option value, config file, method setting or device (e.g. --device
+       cuda without a GPU, --threads -1, n or steps beyond their documented maxima), or out of memory
+    3  bad input: a missing/corrupt/truncated or mis-shaped image, a subject that fails on it, an
+       unreadable manifest or one without a valid unit
     4  numerical failure: NaN/inf in the guidance, or a subject that passes no gradient (or NaN)
     5  partial failure: some work units of an audit failed or some manifest lines were malformed;
        the other units finished and are saved (when no unit of the run finished, the first
        failure's own code is used instead)
     6  output problem: the output directory cannot be written (permissions, full disk, read-only)
+    7  model not available: an unknown model name, a hub id not in the local cache, an untrained
+       zoo entry or baseline, a path that holds no model
+    8  bad model files: corrupt, truncated or mis-shaped weights, a broken or out-of-bounds
+       config.json / scheduler config, pickled weights without --trust-pickle
     130 interrupted (Ctrl-C, or SIGTERM during an audit): finished results are kept, the unit in
        progress is discarded cleanly; run the same command again to resume
 """
@@ -22,26 +32,18 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import errno
+import contextlib
 import json
 import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from .errors import EXIT, CLIError, ModelNotAvailableError, classify, printable
 
 __all__ = ["EXIT", "main"]
-
-EXIT = {"ok": 0, "internal": 1, "usage": 2, "input": 3, "numeric": 4, "partial": 5, "output": 6, "interrupt": 130}
-
-
-class CLIError(Exception):
-    """An error with a one-line message and an exit code."""
-
-    def __init__(self, message: str, code: int = EXIT["input"]):
-        super().__init__(message)
-        self.code = code
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
 
 def method_from_args(args: argparse.Namespace, prior_name: str | None = None) -> Any:
-
+    """The guidance method named by ``--method`` with the method flags given on the command line applied."""
     overrides: dict[str, Any] = {}
     for k in ("steps", "inner_steps", "lr", "loss", "sampler", "eta", "per_timestep_target"):
         v = getattr(args, k, None)
@@ -140,65 +142,27 @@ def method_from_args(args: argparse.Namespace, prior_name: str | None = None) ->
             overrides[k] = v
     if getattr(args, "gamma", None) is not None:
         g = args.gamma
-        try:
-            overrides["gamma"] = float(g)
-        except (TypeError, ValueError):
+        if isinstance(g, str):
+            from .validation import loads_json
+
+            with contextlib.suppress(ValueError):
+                g = float(g)  # a number, also nan/inf (refused by the method with their bounds)
             try:
-                overrides["gamma"] = json.loads(g) if isinstance(g, str) else g
-            except json.JSONDecodeError:
+                g = loads_json(g) if isinstance(g, str) else g
+            except ValueError:
                 raise CLIError(
                     f"--gamma {g!r} is neither a number nor JSON anchors like [[0,0,1000,500],[5,5,500,0]]",
                     EXIT["usage"],
                 ) from None
+        overrides["gamma"] = g
     return method_from_spec(args.method, overrides, prior_name)
 
 
 def method_from_spec(spec: Any, overrides: dict[str, Any] | None = None, prior_name: str | None = None) -> Any:
-    """A guidance method from a name (``ndtm``, ``unguided``, a preset), or ``{"name": ..., **params}``."""
-    import fiberscope as fs
-    from fiberscope.guidance.ndtm import PRESETS
+    """A guidance method from a name or ``{"name": ..., **params}`` (see :mod:`fiberscope.guidance.registry`)."""
+    from .guidance.registry import method_from_spec as build
 
-    overrides = dict(overrides or {})
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        name = spec.pop("name", None)
-        if not name:
-            raise CLIError(f"method object {spec} needs a 'name' (ndtm, unguided, or a preset)")
-        overrides = {**spec, **overrides}
-        spec = name
-    name = str(spec).lower() if spec else None
-    if name is None:
-        # the zoo's tuned preset for a builtin prior, else plain NDTM defaults
-        default = _default_preset(prior_name)
-        name = default or "ndtm"
-    try:
-        if name == "ndtm":
-            return fs.NDTM(**overrides)
-        if name == "unguided":
-            allowed = {"steps", "sampler", "eta", "variance", "clip", "output", "init", "strength"}
-            return fs.Unguided(**{k: v for k, v in overrides.items() if k in allowed})
-        if name in PRESETS:
-            return fs.NDTM.preset(name, **overrides)
-        from fiberscope.guidance import METHODS
-
-        if name in METHODS:
-            return METHODS[name](**overrides)
-    except TypeError as e:
-        raise CLIError(f"method {name!r}: {e}", EXIT["usage"]) from None
-    raise CLIError(
-        f"unknown method {spec!r}: use ndtm, unguided, a baseline name or an NDTM preset "
-        f"({', '.join(sorted(PRESETS))})",
-        EXIT["usage"],
-    )
-
-
-def _default_preset(prior_name: str | None) -> str | None:
-    if not prior_name or not str(prior_name).startswith("builtin:"):
-        return None
-    from fiberscope.zoo.registry import ZOO
-
-    entry = ZOO.get(str(prior_name).removeprefix("builtin:"))
-    return entry.preset if entry is not None else None
+    return build(spec, overrides, prior_name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,9 +191,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
             queries += found
         else:
             queries.append(p)
+    method = method_from_args(args, args.prior)  # every setting checked before anything is written or loaded
     out = Path(args.out)
     _check_writable(out)
-    method = method_from_args(args, args.prior)
     # models are loaded once for all queries; every query is checked before any sampling starts
     cache = ModelCache(
         RunOptions(device=args.device, dtype=args.dtype, trust_pickle=bool(getattr(args, "trust_pickle", False)))
@@ -255,8 +219,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
         saved = res.save(d if len(queries) > 1 else out)
         print(
-            f"{q}: fiber loss {res.metric} mean {float(res.fiber_loss.mean()):.4g} "
-            f"(min {float(res.fiber_loss.min()):.4g}) -> {saved}"
+            printable(
+                f"{q}: fiber loss {res.metric} mean {float(res.fiber_loss.mean()):.4g} "
+                f"(min {float(res.fiber_loss.min()):.4g}) -> {saved}"
+            )
         )
     if args.report:
         from .report.results import write_results_report
@@ -300,6 +266,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r[0]:<{w0}}  {r[1]:<7}  {r[2]:>11}  {r[3]}")
         return 0
+    if getattr(args, "name", None) is not None:  # every other subcommand names one entry
+        args.name = _zoo_name(args.name)
     if args.zoo_cmd == "train":
         from .zoo.recipes import train
 
@@ -340,6 +308,18 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     raise CLIError("zoo needs a subcommand: list, train, evaluate, card, export, show", EXIT["usage"])
 
 
+def _zoo_name(name: str) -> str:
+    """``name`` (``builtin:`` prefix optional) if the zoo has it, else ModelNotAvailableError listing the entries."""
+    from .zoo import ZOO
+
+    n = name.removeprefix("builtin:")
+    if n not in ZOO:
+        raise ModelNotAvailableError(
+            f"no built-in model named {name!r}; the zoo has {', '.join(sorted(ZOO))} (see `fiberscope zoo list`)"
+        )
+    return n
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     # Library specs list their own choices first (torchvision graph nodes, timm feature_info indices,
     # hf cls/mean/hidden:N, ...), then module paths; built without weights, so nothing needs caching
@@ -361,6 +341,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.results import write_results_report
+
+    if Path(args.results).exists() and not Path(args.results).is_dir():
+        raise CLIError(f"{args.results} is a file; point `fiberscope report` at the --out folder of a sample or audit")
 
     print(write_results_report(Path(args.results), out=args.out))
     return 0
@@ -406,6 +389,14 @@ class _Fmt(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with terminal control characters in its error messages escaped (they quote user input)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT["usage"], f"{self.prog}: error: {printable(message)}\n")
+
+
 def _sub(subs: Any, name: str, help: str, example: str, fn: Callable[[argparse.Namespace], int]) -> Any:
     p = subs.add_parser(
         name,
@@ -424,7 +415,7 @@ def _sub(subs: Any, name: str, help: str, example: str, fn: Callable[[argparse.N
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="fiberscope",
         description="Show what a model does not see: sample images a model cannot tell apart from a query.",
         formatter_class=_Fmt,
@@ -595,32 +586,34 @@ def register_command(fn: Callable[[Any], None]) -> Callable[[Any], None]:
 
 
 def _error_code(e: BaseException) -> tuple[int, str]:
-    from .data.query import QueryError
-    from .guidance.base import GuidanceError
-    from .priors.loading import ModelNotAvailableError, PickleRefusedError
-    from .subjects.base import SubjectGradientError
+    """``(exit code, message)`` for an exception: :func:`fiberscope.errors.classify` under its old name."""
+    return classify(e)
 
-    if isinstance(e, CLIError):
-        return e.code, str(e)
-    if type(e).__name__ == "SafetensorError" or "Error while deserializing header" in str(e):
-        return EXIT["input"], (
-            f"a weights file is corrupt or truncated ({e}); re-download it, or re-export it "
-            "(`fiberscope zoo train NAME` for the built-in zoo)"
-        )
-    if isinstance(e, PickleRefusedError):
-        return EXIT["input"], str(e).replace("pass trust_pickle=True", "pass --trust-pickle")
-    if isinstance(e, (SubjectGradientError, GuidanceError)):
-        return EXIT["numeric"], str(e)
-    if isinstance(e, (QueryError, ModelNotAvailableError, FileNotFoundError)):
-        return EXIT["input"], str(e)
-    if isinstance(e, OSError) and getattr(e, "is_output_error", False):  # fiberscope.audit.OutputWriteError
-        return EXIT["output"], f"cannot write output: {e.strerror}; free space, fix permissions or choose another --out"
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-        where = f" ({e.filename})" if e.filename else ""
-        return EXIT["output"], f"cannot write output: {e.strerror}{where}; free space or choose another --out"
-    if isinstance(e, ValueError):
-        return EXIT["usage"], str(e)
-    return EXIT["internal"], f"internal error {type(e).__name__}: {e} (rerun with --debug for the traceback)"
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``"sample"``, ``"zoo train"``, ``"baselines sample"``, ...: the command and its subcommand."""
+    name = str(getattr(args, "command", "") or "")
+    for dest in ("zoo_cmd", "baselines_cmd"):
+        sub = getattr(args, dest, None)
+        if sub:
+            name += f" {sub}"
+    return name
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Check every flag that has a typed, bounded spec (:mod:`fiberscope.validation`) before any work starts.
+
+    Raises:
+        ParameterError: naming the flag, its bounds and the value given.
+    """
+    from .validation import check_flags
+
+    check_flags(vars(args), _command_name(args))
+
+
+def _say(msg: str) -> None:
+    """Print one error line, with whitespace collapsed and terminal control characters escaped."""
+    print(printable(" ".join(str(msg).split())), file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -635,15 +628,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "config", None):
             _config_defaults(_subparser(parser, args), args.config)
             args = parser.parse_args(argv)  # again: the file's values are now defaults, flags win
+        check_args(args)
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
-        print("fiberscope: interrupted; finished results are kept", file=sys.stderr)
+        _say("fiberscope: interrupted; finished results are kept")
         return EXIT["interrupt"]
     except Exception as e:
         if getattr(args, "debug", False):
             raise
-        code, msg = _error_code(e)
-        print(f"fiberscope {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
+        code, msg = classify(e)
+        _say(f"fiberscope {args.command}: error: {msg}")
         return code
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import EXIT, CLIError, _check_writable, _sub, register_command
+from ..errors import printable
 
 __all__ = ["add_audit_command", "cmd_audit"]
 
@@ -87,7 +88,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """One line on stderr; manifest fields and file names in it have their control characters escaped."""
+    print(printable(msg), file=sys.stderr, flush=True)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -122,7 +124,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         for u in shard_units(man.units, shard):
             status = "done" if _read_record(out / "units" / u.dirname) is not None else "to run"
-            print(f"{u.line:>6}  {status:<6}  units/{u.dirname}  {u.describe()}")
+            print(printable(f"{u.line:>6}  {status:<6}  units/{u.dirname}  {u.describe()}"))
         return EXIT["partial"] if man.errors else EXIT["ok"]
     options = RunOptions(
         device=args.device,

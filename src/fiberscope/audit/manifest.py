@@ -10,13 +10,18 @@ JSONL (blank lines and lines starting with ``#`` are skipped)::
     {"query": "digits/3.png", "subject": "builtin:mnist-cnn", "layer": "penultimate",
      "prior": "builtin:mnist-ddpm", "method": {"name": "ndtm", "steps": 50, "inner_steps": 3}, "n": 8, "seed": 0}
 
-CSV (a header line, then one unit per physical line; ``layer`` and ``method`` cells may hold JSON)::
+CSV (a header line, then one unit per row; ``layer`` and ``method`` cells may hold JSON; a quoted cell
+may span several lines, as RFC 4180 allows)::
 
     query,subject,layer,prior,method,n,seed
     digits/3.png,builtin:mnist-cnn,penultimate,builtin:mnist-ddpm,builtin-mnist,8,0
 
 Relative query paths are resolved against the manifest's own directory. A line that cannot be
 read becomes a :class:`ManifestLineError` (with its line number) and the other lines still count.
+Every field is checked by the same rules as the API and the command line
+(:mod:`fiberscope.validation`): unknown keys are refused (in a unit and in its method), a key
+repeated in one JSON object is refused, ``n`` and ``seed`` are integers within their documented
+bounds (a bool is not an integer), and names may not hold control characters.
 
 Example:
     >>> from fiberscope.audit.manifest import parse_manifest
@@ -36,9 +41,14 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .. import validation as _validation
+from ..errors import ManifestError
+from ..validation import loads_json
 
 __all__ = [
     "FIELDS",
@@ -55,12 +65,9 @@ FIELDS = ("query", "subject", "layer", "prior", "method", "n", "seed", "label")
 REQUIRED = ("query", "subject", "prior")
 DEFAULT_N = 8
 DEFAULT_SEED = 0
-MAX_SEED = 2**64 - 1
+MAX_SEED = _validation.MAX_SEED
+MAX_LAYER_WEIGHT = 1e6
 _MAX_LINE = 1_000_000  # characters; longer lines are refused rather than parsed
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be read at all (missing, not text, no header): names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -178,50 +185,60 @@ class Manifest:
 # validation of one record
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _no_controls(k: str, v: str) -> str:
+    m = _CONTROL.search(v)
+    if m:
+        raise ValueError(
+            f"'{k}' contains the control character {m.group()!r}; names and paths may not hold control characters"
+        )
+    return v
+
+
 def _nonempty_str(rec: dict[str, Any], k: str) -> str:
     v = rec.get(k)
     if not isinstance(v, str) or not v.strip():
         raise ValueError(f"'{k}' must be a non-empty string, got {v!r}"[:300])
-    if "\x00" in v:
-        raise ValueError(f"'{k}' contains a NUL character")
-    return v.strip()
+    return _no_controls(k, v.strip())
 
 
-def _int(rec: dict[str, Any], k: str, default: int, lo: int, hi: int) -> int:
+def _int(rec: dict[str, Any], k: str, default: int, text: bool = True) -> int:
     v = rec.get(k)
     if v is None:
         return default
-    if isinstance(v, str):
-        try:
-            v = int(v.strip())
-        except ValueError:
-            raise ValueError(f"'{k}' must be an integer, got {v!r}"[:300]) from None
-    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"'{k}' must be an integer, got {v!r}"[:300])
-    if not lo <= v <= hi:
-        raise ValueError(f"'{k}' must be between {lo} and {hi}, got {v}")
-    return v
+    try:
+        return int(_validation.check(k, v, text=text, label=f"'{k}'"))
+    except ValueError as e:  # a ParameterError: name the field, its bounds and the value
+        raise ValueError(str(e)[:300]) from None
 
 
 def _layer(v: Any) -> Any:
     if v is None or v == "":
         return None
     if isinstance(v, str):
-        return v.strip()
+        return _no_controls("layer", v.strip())
     if isinstance(v, list) and v and all(isinstance(x, str) and x for x in v):
-        return list(v)
+        return [_no_controls("layer", x) for x in v]
     if (
         isinstance(v, dict)
         and v
         and all(
-            isinstance(k, str) and k and isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+            isinstance(k, str)
+            and k
+            and isinstance(w, (int, float))
+            and not isinstance(w, bool)
+            and math.isfinite(w)
+            and 0 <= w <= MAX_LAYER_WEIGHT
             for k, w in v.items()
         )
     ):
-        return {k: v[k] for k in sorted(v)}
-    raise ValueError(f"'layer' must be a layer name, a list of names or an object {{name: weight}}, got {v!r}"[:300])
+        return {_no_controls("layer", k): v[k] for k in sorted(v)}
+    raise ValueError(
+        "'layer' must be a layer name, a list of names or an object {name: weight} with weights in "
+        f"[0, {MAX_LAYER_WEIGHT:g}], got {v!r}"[:300]
+    )
 
 
 def _method(v: Any, prior: str) -> Any:
@@ -242,7 +259,7 @@ def _method(v: Any, prior: str) -> Any:
             spec = spec["name"]
     else:
         raise ValueError(f"'method' must be a name or an object with 'name' and parameters, got {v!r}"[:300])
-    from ..cli import method_from_spec
+    from ..guidance.registry import method_from_spec
 
     try:
         method_from_spec(spec, None, prior)
@@ -278,8 +295,8 @@ def unit_from_record(rec: Any, line: int = 0, base_dir: str = "") -> WorkUnit:
         prior=prior,
         layer=_layer(rec.get("layer")),
         method=_method(rec.get("method"), prior),
-        n=_int(rec, "n", DEFAULT_N, 1, 10**7),
-        seed=_int(rec, "seed", DEFAULT_SEED, 0, MAX_SEED),
+        n=_int(rec, "n", DEFAULT_N),
+        seed=_int(rec, "seed", DEFAULT_SEED),
         label=label,
         line=line,
         base_dir=base_dir,
@@ -312,9 +329,12 @@ def _cell_json(v: str | None) -> Any:
     s = v.strip()
     if s.startswith(("{", "[")):
         try:
-            return json.loads(s)
-        except (ValueError, RecursionError):
-            raise ValueError(f"cell {s[:80]!r} starts like JSON but is not valid JSON") from None
+            return loads_json(s)
+        except RecursionError:
+            raise ValueError(f"cell {s[:80]!r}: JSON nested too deeply") from None
+        except ValueError as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+            raise ValueError(f"cell {s[:80]!r} starts like JSON but is not valid JSON ({why})") from None
     return s or None
 
 
@@ -328,7 +348,7 @@ def _jsonl_records(data: bytes) -> list[tuple[int, Any, str]]:
             continue
         try:
             text = _decode(b)
-            rec: Any = json.loads(text)
+            rec: Any = loads_json(text)
         except (ValueError, RecursionError) as e:
             msg = str(e) if not isinstance(e, RecursionError) else "JSON nested too deeply"
             if isinstance(e, json.JSONDecodeError):
@@ -339,36 +359,84 @@ def _jsonl_records(data: bytes) -> list[tuple[int, Any, str]]:
     return out
 
 
+def _csv_rows(data: bytes) -> list[tuple[int, int, list[str] | Exception, str]]:
+    """CSV rows as ``(first line, last line, cells or error, text)``; a quoted cell may span lines.
+
+    Blank lines and lines starting with ``#`` between rows are skipped. Bytes that are not UTF-8
+    make their row an error, not the whole file.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
+        data = data[3:]
+    text = data.decode("utf-8", "surrogateescape")
+    physical = text.split("\n")
+    if physical and physical[-1] == "":
+        physical.pop()
+    state = {"i": 0, "at_start": True, "first": 0}
+
+    def lines() -> Any:
+        while state["i"] < len(physical):
+            line = physical[state["i"]]
+            state["i"] += 1
+            if state["at_start"]:
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue  # blank or comment line between rows
+                state["at_start"], state["first"] = False, state["i"]
+            yield line.rstrip("\r") + "\n"
+
+    reader = csv.reader(lines())
+    rows: list[tuple[int, int, list[str] | Exception, str]] = []
+    while True:
+        state["at_start"] = True
+        try:
+            cells: list[str] | Exception = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            cells = ValueError(f"cannot be read as CSV: {e}")
+        first, last = state["first"], state["i"]
+        raw = "\n".join(physical[first - 1 : last])
+        if isinstance(cells, list) and not any(c.strip() for c in cells):
+            continue
+        if len(raw) > _MAX_LINE:
+            cells = ValueError(f"row is {len(raw)} characters long; a unit fits on far fewer")
+        elif any("\udc80" <= ch <= "\udcff" for ch in raw):
+            bad = next(i for i, ch in enumerate(raw) if "\udc80" <= ch <= "\udcff")
+            cells = ValueError(f"not UTF-8 text (character {bad}); save the manifest as UTF-8")
+        rows.append((first, last, cells, raw.encode("utf-8", "replace").decode("utf-8", "replace")[:200]))
+    return rows
+
+
 def _csv_records(data: bytes) -> list[tuple[int, Any, str]]:
-    lines = [(no, b) for no, b in _lines(data) if b.strip() and not b.lstrip().startswith(b"#")]
-    if not lines:
+    rows = _csv_rows(data)
+    if not rows:
         return []
-    head_no, head_b = lines[0]
-    try:
-        header = next(csv.reader([_decode(head_b)]))
-    except (ValueError, csv.Error) as e:
-        raise ManifestError(f"CSV header (line {head_no}) cannot be read: {e}") from None
-    header = [h.strip() for h in header]
+    head_no, _, header_cells, _ = rows[0]
+    if isinstance(header_cells, Exception):
+        raise ManifestError(f"CSV header (line {head_no}) cannot be read: {header_cells}") from None
+    header = [h.strip() for h in header_cells]
     unknown = [h for h in header if h not in FIELDS]
-    if unknown or not set(REQUIRED) <= set(header):
+    if unknown or not set(REQUIRED) <= set(header) or len(set(header)) != len(header):
         raise ManifestError(
             f"CSV header (line {head_no}) must name the columns {list(FIELDS)} (query, subject and prior "
-            f"required); got {header}"[:500]
+            f"required), each once; got {header}"[:500]
         )
     out: list[tuple[int, Any, str]] = []
-    for no, b in lines[1:]:
+    for no, last, cells, text in rows[1:]:
         try:
-            if len(b) > _MAX_LINE:
-                raise ValueError(f"line is {len(b)} bytes long; a unit fits on far fewer")
-            text = _decode(b)
-            row = next(csv.reader([text]))
-            if len(row) != len(header):
-                raise ValueError(f"{len(row)} cells but the header has {len(header)} columns")
-            rec = {h: (_cell_json(v) if h in ("layer", "method") else (v.strip() or None)) for h, v in zip(header, row)}
+            if isinstance(cells, Exception):
+                raise cells
+            if len(cells) != len(header):
+                span = f" (its quoted cell runs from line {no} to line {last}: check for an unbalanced quote)"
+                raise ValueError(
+                    f"{len(cells)} cells but the header has {len(header)} columns" + (span if last > no else "")
+                )
+            rec = {
+                h: (_cell_json(v) if h in ("layer", "method") else (v.strip() or None)) for h, v in zip(header, cells)
+            }
         except (ValueError, csv.Error) as e:
-            out.append((no, ValueError(str(e)), b[:200].decode("utf-8", "replace")))
+            out.append((no, ValueError(str(e)), text))
             continue
-        out.append((no, rec, text[:200]))
+        out.append((no, rec, text))
     return out
 
 
@@ -427,8 +495,14 @@ def read_manifest(path: str | os.PathLike[str], fmt: str | None = None) -> Manif
         ManifestError: the file is missing, unreadable or has no usable header.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ManifestError(f"manifest {p} does not exist or is not a file; pass a JSONL or CSV file of work units")
+    try:
+        st = p.stat()
+    except OSError as e:
+        why = "does not exist" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror})"
+        raise ManifestError(f"manifest {p} {why}; pass a JSONL or CSV file of work units") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise ManifestError(f"manifest {p} is {kind}; pass a JSONL or CSV file of work units")
     try:
         data = p.read_bytes()
     except OSError as e:

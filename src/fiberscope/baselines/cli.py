@@ -226,7 +226,9 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
         rec = read_json(model_dir(args.name, args.root) / "training.json")
         if rec is None:
-            raise CLIError(f"{args.name} is not trained (no training.json in {model_dir(args.name, args.root)})")
+            raise CLIError(
+                f"{args.name} is not trained (no training.json in {model_dir(args.name, args.root)})", EXIT["model"]
+            )
         print(json.dumps({k: v for k, v in rec.items() if k != "loss_curve"}, indent=2))
         return 0
     raise CLIError("baselines needs a subcommand: list, train, sample, show", EXIT["usage"])

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..errors import ModelNotAvailableError
 from ..losses import rms
 from ..zoo.models import ConvVAE
 
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class BaselineNotTrainedError(FileNotFoundError):
+class BaselineNotTrainedError(ModelNotAvailableError, FileNotFoundError):
     """A trained baseline (or a model it was trained on) has no weights yet."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..errors import GuidanceError
 from ..losses import LossFn, get_loss
 from ..priors.base import Denoised, Prior
 from ..priors.steps import ancestral_step, ddim_coefficients, ddim_step
@@ -35,10 +36,6 @@ __all__ = [
 ]
 
 SAMPLERS = ("ddim", "ancestral", "euler")
-
-
-class GuidanceError(FloatingPointError):
-    """Guidance produced NaN/inf (names the step, the time and the samples concerned)."""
 
 
 class SampleNoise:

@@ -31,6 +31,7 @@ import torch
 
 from ..losses import LossFn
 from ..priors.base import Prior
+from ..validation import check_method_settings
 from .base import (
     FiberObjective,
     GuidanceMethod,
@@ -182,14 +183,7 @@ class NDTM(GuidanceMethod):
     name = "ndtm"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer ≥ 1 (the number of denoising steps K), got {self.steps!r}")
-        if not isinstance(self.inner_steps, int) or self.inner_steps < 0:
-            raise ValueError(
-                f"inner_steps must be an integer ≥ 0 (Adam steps N per denoising step), got {self.inner_steps!r}"
-            )
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        check_method_settings(self)  # types and bounds of steps, inner_steps, lr, gamma, eta, ... (one layer)
         if self.lr_schedule not in ("linear", "constant"):
             raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
         self._gamma_fn = parse_gamma(self.gamma)

@@ -33,6 +33,7 @@ import torch
 
 from ..losses import LossFn
 from ..priors.base import Prior
+from ..validation import check_method_settings
 from .base import FiberObjective, GuidanceMethod, SampleNoise, StepCallback, Trajectory, check_finite
 from .tfg import _check_int, _check_number
 
@@ -73,6 +74,7 @@ class PixelOptimization(GuidanceMethod):
     name = "pixel_opt"
 
     def __post_init__(self) -> None:
+        check_method_settings(self)
         _check_int("iterations", self.iterations, 1)
         _check_number("lr", self.lr, strict=True)
         _check_number("init_std", self.init_std)

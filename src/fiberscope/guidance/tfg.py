@@ -40,6 +40,7 @@ import torch
 
 from ..losses import LOSSES, LossFn
 from ..priors.base import Denoised, Prior
+from ..validation import check_method_settings
 from .base import (
     FiberObjective,
     GuidanceMethod,
@@ -131,6 +132,7 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 def validate_sampling(m: Any) -> None:
     """Checks shared by the guided baselines: steps, update rule, clip, output, init, loss."""
+    check_method_settings(m)  # types and bounds of every numeric setting (one validation layer)
     _check_int("steps", m.steps, 1)
     StepRule(m.sampler, m.eta, m.variance).validate()
     if not (isinstance(m.clip, str) and m.clip == "auto") and m.clip is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..priors.base import Prior
+from ..validation import check_method_settings
 from .base import FiberObjective, GuidanceMethod, SampleNoise, StepCallback, StepRule, Trajectory, check_finite
 
 __all__ = ["Unguided"]
@@ -44,8 +45,7 @@ class Unguided(GuidanceMethod):
     needs_gradients = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
+        check_method_settings(self)
         if self.init not in ("noise", "sdedit") or not 0 < self.strength <= 1:
             raise ValueError("init must be 'noise' or 'sdedit' and strength in (0, 1]")
         StepRule(self.sampler, self.eta, self.variance).validate()

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelNotAvailableError, WeightsError
 from .base import Prior, _check_param
 from .schedule import FlowSchedule, Schedule, VPSchedule
 
@@ -39,19 +40,57 @@ __all__ = [
 ]
 
 _PRED = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "velocity"}
+_MAX_TRAIN_TIMESTEPS = 100_000
 
 
 def schedule_from_scheduler_config(cfg: dict[str, Any]) -> tuple[Schedule, str | None]:
-    """Build the schedule (and, if the config says, the parameterisation) from a scheduler config."""
+    """Build the schedule (and, if the config says, the parameterisation) from a scheduler config.
+
+    Raises:
+        WeightsError: the config is not an object, names an unknown ``prediction_type`` or
+            ``beta_schedule``, or holds values out of bounds (``num_train_timesteps``, ``shift``).
+    """
+    if not isinstance(cfg, dict):
+        raise WeightsError(f"a scheduler config must be a JSON object, got {type(cfg).__name__}")
     cls = cfg.get("_class_name", "")
-    if "FlowMatch" in cls:
-        return FlowSchedule(cfg.get("num_train_timesteps", 1000), cfg.get("shift", 1.0)), "velocity"
+    steps = cfg.get("num_train_timesteps", 1000)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= _MAX_TRAIN_TIMESTEPS:
+        raise WeightsError(f"num_train_timesteps must be an integer in [2, {_MAX_TRAIN_TIMESTEPS}], got {steps!r}")
+    pred = cfg.get("prediction_type", "epsilon")
+    if pred is not None and pred not in _PRED:
+        raise WeightsError(f"prediction_type {pred!r} is not one of {sorted(_PRED)}")
+    if isinstance(cls, str) and "FlowMatch" in cls:
+        shift = cfg.get("shift", 1.0)
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < 1e6:
+            raise WeightsError(f"shift must be a positive number, got {shift!r}")
+        return FlowSchedule(steps, shift), "velocity"
     from diffusers import DDPMScheduler
 
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
     kw = {k: cfg[k] for k in keys if k in cfg and cfg[k] is not None}
-    sched = DDPMScheduler(**kw)
-    return VPSchedule(sched.alphas_cumprod), _PRED.get(cfg.get("prediction_type", "epsilon"), "eps")
+    try:
+        sched = DDPMScheduler(**kw)
+        schedule = VPSchedule(sched.alphas_cumprod)
+    except (NotImplementedError, ValueError, TypeError, RuntimeError) as e:
+        raise WeightsError(
+            f"its schedule cannot be built ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
+    return schedule, _PRED.get(pred or "epsilon", "eps")
+
+
+def _image_side(size: Any, where: str) -> tuple[int, int]:
+    """``sample_size`` of a model config as ``(h, w)``, each in [1, MAX_SAMPLE_SIZE]."""
+    from ..validation import MAX_SAMPLE_SIZE
+
+    hw = (size, size) if not isinstance(size, (list, tuple)) else tuple(size)
+    if len(hw) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SAMPLE_SIZE for v in hw
+    ):
+        raise WeightsError(
+            f"{where}: sample_size must be an integer (or [height, width]) in [1, {MAX_SAMPLE_SIZE}], got {size!r}; "
+            "fix the model's config.json"
+        )
+    return int(hw[0]), int(hw[1])
 
 
 class DiffusersPrior(Prior):
@@ -84,15 +123,16 @@ class DiffusersPrior(Prior):
         self.parameterization = parameterization or param or "eps"
         _check_param(self.parameterization, self.schedule)
         cfg = getattr(model, "config", {})
-        in_ch = int(cfg.get("in_channels", 0) or 0)
-        out_ch = int(cfg.get("out_channels", in_ch) or in_ch)
+        in_ch, out_ch = cfg.get("in_channels", 0) or 0, cfg.get("out_channels", None)
+        out_ch = in_ch if out_ch is None else out_ch
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096 for v in (in_ch, out_ch)):
+            raise WeightsError(f"{name}: in_channels / out_channels must be integers, got {in_ch!r} / {out_ch!r}")
         size = cfg.get("sample_size", None)
         self.learned_variance = bool(in_ch and out_ch == 2 * in_ch) or (
             scheduler_config.get("variance_type") in ("learned", "learned_range") and out_ch == 2 * in_ch
         )
         if size is not None:
-            hw = (size, size) if isinstance(size, int) else tuple(size)
-            self.data_shape = (in_ch, *hw)
+            self.data_shape = (in_ch, *_image_side(size, name))
         self.data_range = data_range
         self.clip_range = data_range
         self.scheduler_config = dict(scheduler_config)
@@ -125,7 +165,35 @@ _AUTOENCODERS = ("vqvae", "vae")
 
 
 def _read_json(p: Path) -> dict[str, Any]:
-    return json.loads(p.read_text())
+    """A model's JSON file (config.json, scheduler_config.json, model_index.json) as an object.
+
+    Raises:
+        WeightsError: unreadable, not JSON or not a JSON object (names the file).
+    """
+    from ..validation import loads_json
+
+    try:
+        data = loads_json(p.read_bytes())
+    except OSError as e:
+        raise WeightsError(f"{p} cannot be read ({e.strerror}); re-download or re-export the model") from None
+    except (ValueError, RecursionError) as e:
+        why = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+        raise WeightsError(f"{p} is not valid JSON ({why}); re-download or re-export the model") from None
+    if not isinstance(data, dict):
+        raise WeightsError(
+            f"{p} must hold a JSON object, got {type(data).__name__}; re-download or re-export the model"
+        )
+    return data
+
+
+def _scheduler_config(p: Path) -> dict[str, Any]:
+    """``scheduler_config.json``, checked: the schedule can be built from it (errors name the file)."""
+    cfg = _read_json(p)
+    try:
+        schedule_from_scheduler_config(cfg)
+    except WeightsError as e:
+        raise WeightsError(f"{p}: {e}; fix or re-download the scheduler config") from None
+    return cfg
 
 
 def _model_class(component_dir: Path) -> Any:
@@ -134,11 +202,14 @@ def _model_class(component_dir: Path) -> Any:
 
     cfg_file = component_dir / "config.json"
     if not cfg_file.is_file():
-        raise ValueError(f"{component_dir} has no config.json: not a diffusers model directory")
+        raise WeightsError(f"{component_dir} has no config.json: not a diffusers model directory")
     name = _read_json(cfg_file).get("_class_name", "")
-    cls = getattr(diffusers, name, None)
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
     if cls is None or not hasattr(cls, "from_pretrained"):
-        raise ValueError(f"{cfg_file} names model class {name!r}, which this diffusers version does not provide")
+        raise WeightsError(f"{cfg_file} names model class {name!r}, which this diffusers version does not provide")
+    cfg = _read_json(cfg_file)
+    if "sample_size" in cfg and cfg["sample_size"] is not None:
+        _image_side(cfg["sample_size"], str(cfg_file))  # before the model is built (10^6 would try terabytes)
     return cls
 
 
@@ -153,13 +224,30 @@ def _load_component(component_dir: Path, trust_pickle: bool, dtype: torch.dtype 
     plain = [f for f in files if f.endswith((".safetensors", ".bin")) and ".fp16." not in f]
     if not plain and any(".fp16." in f for f in files):
         kw["variant"] = "fp16"  # some repos ship a component only as its fp16 variant
-    with offline_hub():
-        model = cls.from_pretrained(
-            str(component_dir),
-            use_safetensors=fmt == "safetensors",
-            local_files_only=True,
-            low_cpu_mem_usage=_HAVE_ACCELERATE,
-            **kw,
+    try:
+        with offline_hub():
+            model, info = cls.from_pretrained(
+                str(component_dir),
+                use_safetensors=fmt == "safetensors",
+                local_files_only=True,
+                low_cpu_mem_usage=_HAVE_ACCELERATE,
+                output_loading_info=True,
+                **kw,
+            )
+    except (OSError, RuntimeError, ValueError) as e:
+        if isinstance(e, RuntimeError) and any(s in str(e) for s in ("out of memory", "can't allocate memory")):
+            raise
+        first = " ".join(str(e).split())[:300]
+        raise WeightsError(
+            f"the weights in {component_dir} cannot be loaded ({type(e).__name__}: {first}); they are truncated, "
+            "corrupt or do not match its config.json: re-download or re-export the model"
+        ) from None
+    missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+    if missing:  # diffusers would initialise them at random and carry on
+        raise WeightsError(
+            f"the weights in {component_dir} lack {len(missing)} tensor(s) its config.json needs "
+            f"({', '.join(map(str, missing[:3]))}{', ...' if len(missing) > 3 else ''}); re-download or re-export "
+            "the model (diffusers would fill them with random values)"
         )
     if dtype is not None:
         model.to(dtype)
@@ -397,14 +485,20 @@ def load_diffusers_prior(
         # the flat layout of the first diffusers hub repos (google/ddpm-cifar10-32, google/ddpm-ema-celebahq-256):
         # the UNet's config and weights and the scheduler config all at the top, as DiffusionPipeline accepts
         denoiser, sched_file = root, root / "scheduler_config.json"
-    if denoiser is None or not sched_file.is_file():
-        raise ValueError(
+    if denoiser is not None and not sched_file.is_file():
+        raise WeightsError(
+            f"{root} has {denoiser.name}/ but no {sched_file.relative_to(root)}: the pipeline is incomplete; "
+            "copy or re-download its scheduler/ folder"
+        )
+    if denoiser is None:
+        raise ModelNotAvailableError(
             f"{root} is not a diffusers pipeline directory: expected unet/ (or transformer/) and "
             "scheduler/scheduler_config.json (the layout that DDPMPipeline, LDMPipeline or "
             "StableDiffusionPipeline.save_pretrained writes), or config.json + scheduler_config.json at the top"
         )
     from .loading import check_weights
 
+    sched_cfg = _scheduler_config(sched_file)  # checked before any weights are read
     check_weights(denoiser, trust_pickle=trust_pickle, what=denoiser.name)
     autoenc = next((root / d for d in _AUTOENCODERS if (root / d).is_dir()), None)
     label = name or str(path)
@@ -414,14 +508,14 @@ def load_diffusers_prior(
             raise ValueError(f"{label} is an unconditional pixel prior: it takes no prompt or guidance_scale")
         net = _load_component(denoiser, trust_pickle, None)
         prior: Prior = DiffusersPrior(
-            net, _read_json(sched_file), dtype=dtype, gradient_checkpointing=gradient_checkpointing, name=label
+            net, sched_cfg, dtype=dtype, gradient_checkpointing=gradient_checkpointing, name=label
         )
     else:
         prior = _load_latent(
             root,
             denoiser,
             autoenc,
-            _read_json(sched_file),
+            sched_cfg,
             dtype=dtype,
             gradient_checkpointing=gradient_checkpointing,
             name=label,
@@ -513,8 +607,8 @@ def _load_latent(
         shift = float(vcfg.get("shift_factor") or 0.0)
     size = mcfg.get("sample_size")
     if size is None:
-        raise ValueError(f"{denoiser_dir}/config.json has no sample_size: cannot tell the latent shape")
-    hw = (size, size) if isinstance(size, int) else tuple(size)
+        raise WeightsError(f"{denoiser_dir}/config.json has no sample_size: cannot tell the latent shape")
+    hw = _image_side(size, f"{denoiser_dir}/config.json")
     latent_shape = (int(mcfg["in_channels"]), *hw)
     f = 2 ** (len(vcfg.get("block_out_channels", (0,))) - 1)
     image_shape = (int(vcfg.get("out_channels") or vcfg.get("in_channels") or 3), hw[0] * f, hw[1] * f)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelNotAvailableError, ParameterError, PickleRefusedError
 from .base import Prior
 
 __all__ = [
@@ -32,10 +33,6 @@ __all__ = [
 ]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-class ModelNotAvailableError(ValueError):
-    """A model id that cannot be loaded here (not cached and no hub reachable, or unknown)."""
 
 
 @contextlib.contextmanager
@@ -96,10 +93,6 @@ def resolve_hub_dir(repo_id: str, kind: str = "prior") -> Path:
         ) from None
 
 
-class PickleRefusedError(ValueError):
-    """A model directory holds only pickled weights and the caller did not opt in to reading them."""
-
-
 def check_weights(directory: str | os.PathLike[str], *, trust_pickle: bool = False, what: str = "model") -> str:
     """Which weight format a model directory may be loaded from: ``"safetensors"`` or ``"pickle"``.
 
@@ -129,20 +122,31 @@ def check_weights(directory: str | os.PathLike[str], *, trust_pickle: bool = Fal
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "auto": None,
-    }
-    if dtype not in table:
-        raise ValueError(f"dtype must be a torch.dtype or one of {sorted(table)}, got {dtype!r}")
-    return table[dtype]
+    """A floating-point ``torch.dtype`` from a dtype or a name; integer and complex dtypes are refused."""
+    from ..validation import check_dtype
+
+    return check_dtype(dtype)
+
+
+def _apply_dtype(prior: Prior, dtype: torch.dtype) -> None:
+    """Run an already built prior's network in ``dtype`` (guidance stays float32), or refuse clearly.
+
+    The network is the prior's ``model`` (diffusers priors) or ``denoiser`` (latent priors); a prior
+    with neither (analytic priors, custom classes) cannot be converted from outside.
+    """
+    if dtype == prior.compute_dtype:
+        return
+    net = next(
+        (m for m in (getattr(prior, k, None) for k in ("model", "denoiser")) if isinstance(m, torch.nn.Module)), None
+    )
+    if net is None:
+        raise ParameterError(
+            f"dtype={dtype} cannot be applied to this {type(prior).__name__}: it has no network (.model or "
+            ".denoiser) fiberscope knows how to convert; build it in that dtype yourself, or leave dtype unset",
+            "dtype",
+        )
+    net.to(dtype)
+    prior.compute_dtype = dtype
 
 
 def load_prior(
@@ -200,6 +204,8 @@ def load_prior(
                 "prompt/prompt_embeds/guidance_scale apply when loading a diffusers directory, not to a Prior"
             )
         prior = spec
+        if dt is not None:
+            _apply_dtype(prior, dt)
     elif isinstance(spec, (str, os.PathLike)):
         s = os.fspath(spec)
         if s.startswith("builtin:"):

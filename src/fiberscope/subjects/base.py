@@ -22,14 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import SubjectGradientError
 from ..priors.base import CallCounter, count_backward
 from .hooks import LayerExtractor
 
 __all__ = ["Subject", "SubjectGradientError", "check_gradients", "load_subject"]
-
-
-class SubjectGradientError(ValueError):
-    """The subject passes no usable gradient to its input."""
 
 
 class Subject(nn.Module):
