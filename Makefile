@@ -12,7 +12,7 @@ EXTRAS ?= dev,timm,clip,transformers,ray
 STAMP := $(VENV)/.fiberscope-$(EXTRAS)
 DEMO_OUT ?= demo-out
 
-.PHONY: venv demo test test-slow lint bench clean
+.PHONY: venv demo test test-slow lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+# The HTML report is tested in a real headless browser (tests/test_report_browser.py): Debian's Chromium is
+# installed when /usr/bin/chromium is missing (as root, e.g. in CI); otherwise that test is skipped with its reason.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser test of the HTML report"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "note: no /usr/bin/chromium and not root: the browser test of the HTML report will be skipped"; fi
+
+test: lint browser
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) browser
 	$(BIN)/python -m pytest -m slow -o addopts=""
 
 bench: $(STAMP)

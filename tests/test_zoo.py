@@ -139,8 +139,12 @@ def test_demo_quick_run_writes_grids_json_and_report(tmp_path):
         for q in sec["queries"]:
             assert (tmp_path / q["grid"]).exists()
             assert q["nearest_neighbour"]["fiber_loss"] > 0
+            assert q["ranking"] and all(0 <= s <= 1 for _, s in q["ranking"]) and q["summary"]
+            assert set(q["invariances"]["references"]) == {"unguided", "augmented"}
     html = (tmp_path / "report.html").read_text()
     assert html.startswith("<!doctype html>") and html.count("<img") >= 4
+    n_queries = sum(len(s["queries"]) for s in rec["sections"])
+    assert html.count('class="ranking"') == html.count('class="summary"') == n_queries
     assert json.loads((tmp_path / "demo.json").read_text())["sections"]
 
 

@@ -12,6 +12,7 @@ Example:
 
 __version__ = "0.1.0"
 
+from .analysis import ComparisonResult, InvarianceReport, Transformation, compare_subjects, probe_invariances
 from .api import FiberSamples, sample_fiber
 from .guidance import (
     DPS,
@@ -50,6 +51,7 @@ __all__ = [
     "TFG",
     "UGD",
     "CallablePrior",
+    "ComparisonResult",
     "Denoised",
     "FiberObjective",
     "FiberSamples",
@@ -59,6 +61,7 @@ __all__ = [
     "GaussianPrior",
     "GuidanceError",
     "GuidanceMethod",
+    "InvarianceReport",
     "ModelNotAvailableError",
     "PixelOptimization",
     "Prior",
@@ -66,11 +69,14 @@ __all__ = [
     "Subject",
     "SubjectGradientError",
     "Trajectory",
+    "Transformation",
     "Unguided",
     "VPSchedule",
     "__version__",
+    "compare_subjects",
     "fiber_loss",
     "load_prior",
     "load_subject",
+    "probe_invariances",
     "sample_fiber",
 ]

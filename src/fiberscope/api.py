@@ -63,6 +63,8 @@ class FiberSamples:
         losses: every reported loss form, per sample (``sq_l2``, ``l2``, ``rms``, ``l1``, ``cosine``).
         states: the raw states (latents for latent priors; equal to ``images`` for pixel priors).
         loss_history: per batch, the mean terminal cost after each denoising step.
+        in_fiber: ``[n]`` bool, per sample: fiber loss ≤ ``tolerance`` (None: no tolerance set).
+        tolerance: the fiber-loss tolerance (in ``metric``) that ``in_fiber`` was judged by.
     """
 
     images: torch.Tensor
@@ -79,6 +81,8 @@ class FiberSamples:
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
     states: torch.Tensor | None = None
     loss_history: list[list[float]] = field(default_factory=list)
+    in_fiber: torch.Tensor | None = None
+    tolerance: float | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -115,7 +119,7 @@ class FiberSamples:
             caps.append("nearest real" + (f"\n{nn_loss:.3g}" if nn_loss is not None else ""))
         imgs = list(self.images)
         ncol = ncol or min(len(imgs), 8)
-        rows, captions = [], []
+        rows, captions, marks = [], [], []
         for r in range(0, len(imgs), ncol):
             chunk = imgs[r : r + ncol]
             lead = (
@@ -128,7 +132,11 @@ class FiberSamples:
                 (caps if r == 0 else [""] * len(head))
                 + [f"{self.metric} {float(v):.3g}" for v in self.fiber_loss[r : r + ncol]]
             )
-        return captioned_grid(rows, captions, data_range=self.data_range, scale=scale, gap_after=(len(head) - 1,))
+            inside = [None] * len(chunk) if self.in_fiber is None else [bool(v) for v in self.in_fiber[r : r + ncol]]
+            marks.append([None] * len(head) + inside)
+        return captioned_grid(
+            rows, captions, data_range=self.data_range, scale=scale, gap_after=(len(head) - 1,), marks=marks
+        )
 
     def record(self) -> dict[str, Any]:
         """The JSON record: config, per-sample losses and seeds, timings and counts."""
@@ -146,6 +154,8 @@ class FiberSamples:
             "image_shape": list(self.images.shape[1:]),
             "data_range": list(self.data_range) if self.data_range else None,
             "loss_history": self.loss_history,
+            "in_fiber": None if self.in_fiber is None else [bool(v) for v in self.in_fiber],
+            "tolerance": self.tolerance,
         }
 
     def save(self, directory: str | os.PathLike[str], *, pngs: bool = True) -> Path:
@@ -211,6 +221,8 @@ class FiberSamples:
             losses={k: torch.tensor(v) for k, v in rec.get("losses", {}).items()},
             states=arr.get("states"),
             loss_history=rec.get("loss_history", []),
+            in_fiber=None if rec.get("in_fiber") is None else torch.tensor(rec["in_fiber"], dtype=torch.bool),
+            tolerance=None if rec.get("tolerance") is None else float(rec["tolerance"]),
         )
 
 

@@ -319,6 +319,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{q['nearest_neighbour']['fiber_loss']:.4g} | unguided {q['unguided_fiber_loss_mean']:.4g}  "
                 f"({q['seconds']:.1f} s)"
             )
+            print(f"    varies most in: {q['ranking_text']}")
     print(f"done in {rec['seconds']:.0f} s: open {out / 'report.html'}")
     return 0
 
@@ -742,7 +743,7 @@ def _load_plugins() -> None:
     """Import the modules that register extra subcommands."""
     import importlib
 
-    for mod in ("fiberscope.audit.cli", "fiberscope.bench", "fiberscope.baselines.cli"):
+    for mod in ("fiberscope.audit.cli", "fiberscope.bench", "fiberscope.baselines.cli", "fiberscope.analysis.cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

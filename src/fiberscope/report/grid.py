@@ -63,6 +63,7 @@ def captioned_grid(
     row_titles: Sequence[str] | None = None,
     title: str | None = None,
     font_size: int = 13,
+    marks: Sequence[Sequence[bool | None]] | None = None,
 ) -> Image.Image:
     """Rows of images, each with a caption line under it (e.g. the fiber loss).
 
@@ -73,6 +74,8 @@ def captioned_grid(
         gap_after: column indices after which a wider gap separates groups (query | NN | samples).
         row_titles: a label drawn left of each row.
         title: a line drawn above the grid.
+        marks: per image True (a green frame: in the fiber), False (a red frame: outside it) or
+            None (no frame).
     """
     if not rows or not rows[0]:
         raise ValueError("captioned_grid needs at least one image")
@@ -106,6 +109,10 @@ def captioned_grid(
             draw.text((pad, y + h // 2 - font_size // 2), row_titles[i], fill=(0, 0, 0), font=font)
         for j, tile in enumerate(row):
             canvas.paste(tile.convert("RGB"), (col_x[j], y))
+            mark = marks[i][j] if marks and i < len(marks) and j < len(marks[i]) else None
+            if mark is not None:
+                colour = (30, 150, 60) if mark else (210, 40, 40)
+                draw.rectangle([col_x[j] - 3, y - 3, col_x[j] + w + 2, y + h + 2], outline=colour, width=3)
             if captions and j < len(captions[i]) and captions[i][j]:
                 for k, line in enumerate(captions[i][j].split("\n")):
                     tw = draw.textlength(line, font=font)

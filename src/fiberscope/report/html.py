@@ -27,6 +27,12 @@ img{image-rendering:pixelated;max-width:100%;border:1px solid #eee}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px}
 .fig{margin:1em 0}.fig figcaption{color:#555;font-size:.9em}
 details{margin:.5em 0}
+.summary{background:#f4f8f2;border-left:4px solid #5a9a4a;padding:.6em 1em;margin:.8em 0}
+.marks{color:#444;font-size:.92em}
+figure.chart svg{max-width:100%;height:auto}
+.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
+.row figure{margin:.6em 0;display:table}.row figcaption{display:table-caption;caption-side:bottom}
+h4{font-size:1em;margin:1.2em 0 .3em}
 """
 
 
@@ -80,8 +86,39 @@ class Report:
             f"<figcaption>{esc(caption)}</figcaption></figure>"
         )
 
-    def details(self, summary: str, text: str) -> None:
-        self.parts.append(f"<details><summary>{esc(summary)}</summary><pre><code>{esc(text)}</code></pre></details>")
+    def figures_row(self, figures: Sequence[tuple[Any, str]]) -> None:
+        """Several ``(image, caption)`` figures side by side (wrapping on narrow screens)."""
+        inner = "".join(
+            f'<figure class="fig"><img src="{png_data_uri(img)}" alt="{esc(cap)}"><figcaption>{esc(cap)}</figcaption>'
+            "</figure>"
+            for img, cap in figures
+        )
+        self.parts.append(f'<div class="row">{inner}</div>')
+
+    def details(
+        self,
+        summary: str,
+        text: str | None = None,
+        *,
+        table: tuple[Sequence[str], Sequence[Sequence[Any]], int] | None = None,
+        note: str | None = None,
+    ) -> None:
+        """A collapsed block holding preformatted ``text``, and/or a ``(header, rows, left)`` table and a ``note``."""
+        inner = f"<pre><code>{esc(text)}</code></pre>" if text is not None else ""
+        if table is not None:
+            n = len(self.parts)
+            self.table(*table)
+            inner += self.parts.pop(n)
+        if note:
+            inner += f"<p>{esc(note)}</p>"
+        self.parts.append(f"<details><summary>{esc(summary)}</summary>{inner}</details>")
+
+    def trusted_html(self, markup: str) -> None:
+        """Markup built by fiberscope's own renderers (e.g. an inline SVG chart), which escape every text they hold.
+
+        Never pass user text here: use :meth:`paragraph`, :meth:`table` and the other methods, which escape it.
+        """
+        self.parts.append(markup)
 
     def render(self) -> str:
         sub = f'<p class="sub">{esc(self.subtitle)}</p>' if self.subtitle else ""

@@ -52,10 +52,43 @@ def _describe(cfg: dict[str, Any], key: str) -> str:
     return str(v)
 
 
-def write_results_report(results: Path | str, out: Path | str | None = None, title: str | None = None) -> Path:
-    """Write ``report.html`` for the results under ``results``; returns its path."""
+def _unguided_reference(cfg: dict[str, Any], cache: dict[str, Any], n: int) -> Any:
+    """Unguided samples of the result's prior, drawn once per prior, for a builtin prior (else None)."""
+    name = (cfg.get("prior") or {}).get("name") if isinstance(cfg.get("prior"), dict) else None
+    if not isinstance(name, str) or not name.startswith("builtin:"):
+        return None
+    if name not in cache:
+        from ..analysis.invariances import unguided_samples
+
+        try:
+            cache[name] = unguided_samples(name, max(8, n), seed=1)
+        except Exception:  # a missing or broken prior must not stop the report
+            cache[name] = None
+    return cache[name]
+
+
+def write_results_report(
+    results: Path | str,
+    out: Path | str | None = None,
+    title: str | None = None,
+    *,
+    invariances: bool = True,
+    unguided_reference: bool = True,
+) -> Path:
+    """Write ``report.html`` for the results under ``results``; returns its path.
+
+    Args:
+        results: a directory holding results (``record.json``), at any depth.
+        out: where to write the page (default ``RESULTS/report.html``).
+        title: the page title.
+        invariances: measure and show each fiber's invariance ranking (:func:`~fiberscope.probe_invariances`).
+        unguided_reference: for results of a builtin prior, draw unguided samples (once per prior) as
+            the ranking's reference; random augmentations of the query are always a reference.
+    """
+    from ..analysis.invariances import probe_invariances
     from ..api import FiberSamples
     from ..audit.store import check_result
+    from .invariances import add_fiber_section
 
     root = Path(results)
     if not root.is_dir():
@@ -70,10 +103,13 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
     rep.paragraph(
         "Each grid shows the query, then its fiber samples with their fiber loss (squared L2 distance "
         "between the sample's features and the query's, unless stated otherwise). What varies across the "
-        "samples is what the subject ignores.",
+        "samples is what the subject ignores. Under each grid: where the samples vary, whether each sample is "
+        "in the fiber, and how much of the variation each named transformation explains (the invariance "
+        "ranking, against unguided samples of the prior and random augmentations of the query).",
         cls="note",
     )
     summary: list[list[Any]] = []
+    refs: dict[str, Any] = {}
     for d in dirs:
         rel = os.path.relpath(d, root)
         # the same check as the audit's resume and summary.jsonl: a record that is well formed and,
@@ -87,7 +123,7 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
             rep.heading(rel, level=3)
             why = f"{type(e).__name__}: {e}" if check.ok else f"damaged: {e}"
             rep.paragraph(f"could not read this result: {why}", cls="warn")
-            summary.append([rel, "unreadable" if check.ok else "damaged", "", "", ""])
+            summary.append([rel, "unreadable" if check.ok else "damaged", "", "", "", ""])
             continue
         cfg = res.config
         method = (cfg.get("method") or {}).get("method", "?")
@@ -103,12 +139,22 @@ def write_results_report(results: Path | str, out: Path | str | None = None, tit
             f"subject {_describe(cfg, 'subject')} · prior {_describe(cfg, 'prior')} · method {method} · "
             f"{len(res)} samples · {res.timings.get('total', 0):.1f} s"
         )
-        rep.figure(res.grid(), "query | fiber samples")
+        inv = None
+        if invariances:
+            ung = _unguided_reference(cfg, refs, len(res)) if unguided_reference else None
+            try:
+                inv = probe_invariances(
+                    res, unguided=ung if ung is not None and ung.shape[1:] == res.images.shape[1:] else None
+                )
+            except ValueError as e:  # e.g. images too small to probe
+                rep.paragraph(f"invariances not measured: {e}", cls="warn")
+        add_fiber_section(rep, res, inv=inv, grid_caption="query | fiber samples with their fiber loss")
         fl = res.fiber_loss
-        summary.append([rel, _describe(cfg, "subject"), method, float(fl.mean()), float(fl.min())])
+        top = f"{inv.ranking[0][0]} ({inv.ranking[0][1]:.2f})" if inv is not None and inv.ranking else ""
+        summary.append([rel, _describe(cfg, "subject"), method, float(fl.mean()), float(fl.min()), top])
         rep.details("record.json", json.dumps(res.record(), indent=1)[:20000])
     rep.heading("Summary")
-    rep.table(["result", "subject", "method", "fiber loss (mean)", "best"], summary)
+    rep.table(["result", "subject", "method", "fiber loss (mean)", "best", "varies most in"], summary)
     problems = _audit_problems(root)
     if problems:
         rep.heading("Units not finished")
