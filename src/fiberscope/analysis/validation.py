@@ -161,6 +161,8 @@ def end_to_end_rows(
         if case.prior not in refs:
             refs[case.prior] = unguided_samples(case.prior, max(8, n), seed=seed + 1)
         preset = ZOO[case.prior.removeprefix("builtin:")].preset
+        if preset is None:  # every zoo prior registers one; a case on another prior names it itself
+            raise ValueError(f"{case.prior} has no registered NDTM preset")
         for label in labels:
             idx = int((lab == label).nonzero()[0])
             t0 = time.perf_counter()
