@@ -10,7 +10,7 @@ twice: through ``method.run(prior, objective, x_init, noise, callback)`` and thr
 * ``fiber``: the mean squared-L2 fiber loss ``sample_fiber`` reports,
 * ``fe``: the forward-equivalents per sample, exactly (a backward counts as 2 forwards),
 
-at atol = rtol = 1e-4 (checked with OMP_NUM_THREADS=1 and 2). The stateless step rules, schedules
+at atol = rtol = 1e-4 (looser for the two cases in ``CASE_TOL``, which move with the thread count). The stateless step rules, schedules
 and NDTM's weight schemes are pinned on fixed tensors. Everything is imported from the public
 packages (``fiberscope``, ``fiberscope.guidance``, ``fiberscope.priors``) so that the pins survive
 modules moving. ``test_pins_discriminate`` checks that each option changes the pinned numbers.
@@ -42,6 +42,11 @@ from pinned_values import PINS, STEP_PINS  # noqa: E402
 ATOL = 1e-4
 RTOL = 1e-4
 SCALAR_ATOL = 1e-7
+# Cases where the thread count (OMP_NUM_THREADS=2 against 1) moves the result by more than 1e-4:
+# the inner Adam normalises gradients, so float32 summation-order noise is amplified (measured with
+# /tmp/pins_threads.py-style reruns: ddpm_strided score 5.1e-3 in x and 4e-3 relative in the losses,
+# per-timestep targets 1.6e-4). These use a looser tolerance, for values and losses alike.
+CASE_TOL = {"ndtm/w_score=ddpm_strided": 2e-2, "ndtm/per_timestep_target": 1e-3}
 SEEDS = [3, 4]
 
 
@@ -264,11 +269,11 @@ def priors(tmp_path_factory):
 
 
 # ---- the pinned numbers (tests/pinned_values.py, written by ``python tests/test_pinned.py --write``) ----
-def _close(got: float | None, want: float | None) -> bool:
+def _close(got: float | None, want: float | None, rtol: float = RTOL) -> bool:
     if got is None or want is None:
         return got is want
     # losses can be small (1e-4): relative tolerance, with an absolute floor far below ATOL
-    return math.isclose(got, want, abs_tol=SCALAR_ATOL, rel_tol=RTOL)
+    return math.isclose(got, want, abs_tol=SCALAR_ATOL, rel_tol=rtol)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -276,13 +281,14 @@ def test_pinned_run(name, priors):
     got = run_case(name, priors)
     want = PINS[name]
     assert got["fe"] == want["fe"], f"{name}: forward-equivalents {got['fe']} != pinned {want['fe']}"
+    tol = CASE_TOL.get(name, ATOL)
     for k in ("loss", "fiber"):
-        assert _close(got[k], want[k]), f"{name}: {k} {got[k]!r} != pinned {want[k]!r}"
+        assert _close(got[k], want[k], max(RTOL, tol)), f"{name}: {k} {got[k]!r} != pinned {want[k]!r}"
     for k in ("x", "state"):
         torch.testing.assert_close(
             torch.tensor(got[k], dtype=torch.float64),
             torch.tensor(want.get(k, want["x"]), dtype=torch.float64),
-            atol=ATOL,
+            atol=tol,
             rtol=RTOL,
             msg=lambda m, k=k: f"{name}: {k} moved from its pin: {m}",
         )
@@ -303,7 +309,8 @@ def _distance(a: dict[str, Any], b: dict[str, Any]) -> float:
 def test_pins_discriminate(group):
     """Every option of a group moves the pinned numbers by well over the tolerance."""
     for a, b in itertools.combinations(GROUPS[group], 2):
-        assert _distance(PINS[a], PINS[b]) > 5 * ATOL, f"{a} and {b} give the same pins"
+        tol = max(CASE_TOL.get(a, ATOL), CASE_TOL.get(b, ATOL))
+        assert _distance(PINS[a], PINS[b]) > 5 * tol, f"{a} and {b} give the same pins"
 
 
 def test_pinned_weights_are_random(priors):
