@@ -10,10 +10,10 @@ twice: through ``method.run(prior, objective, x_init, noise, callback)`` and thr
 * ``fiber``: the mean squared-L2 fiber loss ``sample_fiber`` reports,
 * ``fe``: the forward-equivalents per sample, exactly (a backward counts as 2 forwards),
 
-at atol = rtol = 1e-4 (looser for the two cases in ``CASE_TOL``, which move with the thread count). The stateless step rules, schedules
-and NDTM's weight schemes are pinned on fixed tensors. Everything is imported from the public
-packages (``fiberscope``, ``fiberscope.guidance``, ``fiberscope.priors``) so that the pins survive
-modules moving. ``test_pins_discriminate`` checks that each option changes the pinned numbers.
+at atol = rtol = 1e-4 (looser for the two cases in ``CASE_TOL``, which move with the thread count).
+The stateless step rules, schedules and NDTM's weight schemes are pinned on fixed tensors.
+Everything is imported from the public packages (``fiberscope``, ``fiberscope.guidance``,
+``fiberscope.priors``) so that the pins survive modules moving. ``test_pins_discriminate`` checks that each option changes the pinned numbers.
 
 The numbers were produced by running this file as a script (``python tests/test_pinned.py``
 prints the table). Regenerate them only for an intended change of behaviour, and say so.
@@ -36,8 +36,8 @@ from fiberscope import guidance as fg
 from fiberscope import priors as fp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import TinyCNN, tiny_unet  # noqa: E402
-from pinned_values import PINS, STEP_PINS  # noqa: E402
+from conftest import TinyCNN, tiny_unet
+from pinned_values import PINS, STEP_PINS
 
 ATOL = 1e-4
 RTOL = 1e-4
@@ -220,8 +220,14 @@ CASES: dict[str, tuple[str, Any, str | None]] = {
 GROUPS: dict[str, list[str]] = {
     "w_control": ["ndtm/base"] + [k for k in CASES if k.startswith("ndtm/w_control=")],
     "w_score": ["ndtm/base"] + [k for k in CASES if k.startswith("ndtm/w_score=")],
-    "sampler": ["ndtm/base", "ndtm/ddim,eta=0.5", "ndtm/ddim,eta=1,large", "ndtm/ddim,reference_ddim,large"]
-    + ["ndtm/ancestral", "ndtm/ancestral,large"],
+    "sampler": [
+        "ndtm/base",
+        "ndtm/ddim,eta=0.5",
+        "ndtm/ddim,eta=1,large",
+        "ndtm/ddim,reference_ddim,large",
+        "ndtm/ancestral",
+        "ndtm/ancestral,large",
+    ],
     "learned_range": ["ndtm/lv,ddim,learned_range", "ndtm/lv,ddim,learned_range,reference_ddim"],
     "init_control": ["ndtm/base"] + [k for k in CASES if k.startswith("ndtm/init_control=")],
     "lr_schedule": ["ndtm/base", "ndtm/lr_schedule=cosine", "ndtm/lr_schedule=constant"],
