@@ -13,7 +13,8 @@ twice: through ``method.run(prior, objective, x_init, noise, callback)`` and thr
 at atol = rtol = 1e-4 (looser for the two cases in ``CASE_TOL``, which move with the thread count).
 The stateless step rules, schedules and NDTM's weight schemes are pinned on fixed tensors.
 Everything is imported from the public packages (``fiberscope``, ``fiberscope.guidance``,
-``fiberscope.priors``) so that the pins survive modules moving. ``test_pins_discriminate`` checks that each option changes the pinned numbers.
+``fiberscope.priors``) so that the pins survive modules moving. ``test_pins_discriminate`` checks
+that each option changes the pinned numbers.
 
 The numbers were produced by running this file as a script (``python tests/test_pinned.py``
 prints the table). Regenerate them only for an intended change of behaviour, and say so.
