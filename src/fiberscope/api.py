@@ -35,6 +35,26 @@ __all__ = ["FiberSamples", "sample_fiber", "sample_seeds"]
 
 REPORTED_LOSSES = ("sq_l2", "l2", "rms", "l1", "cosine")
 
+#: Samples per guidance batch unless ``batch_size`` says otherwise. It does not depend on ``n``, so a
+#: sample drawn again alone from its seed runs through the same kernels (see :func:`sample_fiber`).
+DEFAULT_BATCH_SIZE = 8
+
+
+def pad_seeds(seeds: Sequence[int], size: int) -> list[int]:
+    """``seeds`` repeated cyclically to ``size`` entries (the padding rows of a last partial batch)."""
+    seeds = list(seeds)
+    return [seeds[i % len(seeds)] for i in range(max(size, len(seeds)))]
+
+
+def real_rows(info: dict[str, Any], real: int, size: int) -> dict[str, Any]:
+    """A step callback's dict with every per-sample tensor cut to the ``real`` rows of a padded batch."""
+    if real >= size:
+        return info
+    return {
+        k: v[:real] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v
+        for k, v in info.items()
+    }
+
 
 def sample_seeds(seed: int, n: int) -> list[int]:
     """Per-sample seeds derived from one run seed (independent streams, no overlaps between runs)."""
@@ -320,11 +340,19 @@ def sample_fiber(
         n: number of samples.
         method: a guidance method (default ``NDTM()``); ``Unguided()`` samples the prior alone.
         seed: run seed; sample ``i`` gets its own seed from it (see ``seeds`` in the result).
-        batch_size: samples per batch (default: all ``n`` at once). Results do not depend on it.
+        batch_size: samples per guidance batch (default 8, whatever ``n``). A last partial batch
+            is padded to this size with repeats of its seeds, whose results are dropped (their
+            network calls are not counted in ``counts``; their time is in ``timings``), so every
+            sample runs in a batch of the same shape: ``sample_fiber(..., seeds=[out.seeds[i]])``
+            with the same ``batch_size`` on the same device reproduces sample ``i`` bit for bit.
+            Another ``batch_size`` gives the same samples up to floating-point rounding, which
+            guidance can amplify to visible differences over many steps. ``n`` below the batch
+            size still costs a full batch; pass ``batch_size=n`` (or 1) to save the time.
         device: ``"cuda"``, ``"cpu"``... (default: the prior's device).
         dtype: network dtype of the prior (guidance arithmetic stays float32).
         callback: called after every denoising step with a dict (``step``, ``t``, ``x``, ``x0``,
-            ``gamma``, ``cost``, ``steps``, ``batch``).
+            ``gamma``, ``cost``, ``steps``, ``batch``); its per-sample tensors hold the batch's
+            real samples only, never the padding.
         progress: show a tqdm bar (never on non-zero ranks).
         layer: layer(s) of ``subject`` to use as φ (see :func:`~fiberscope.load_subject`).
         seeds: explicit per-sample seeds (overrides ``seed``; ``n`` becomes ``len(seeds)``).
@@ -365,7 +393,7 @@ def sample_fiber(
     image_shape = getattr(prior_obj, "image_shape", None) or prior_obj.data_shape
     q = load_query(query, image_shape=tuple(image_shape), data_range=prior_obj.data_range, device=dev)
     all_seeds = list(seeds) if seeds is not None else sample_seeds(seed, n)
-    bs = batch_size or n
+    bs = batch_size or DEFAULT_BATCH_SIZE
 
     timings: dict[str, float] = {}
     _check_subject_accepts(subj, q, prior_obj)
@@ -374,6 +402,7 @@ def sample_fiber(
     counter = CallCounter()
     prior_obj.counter = counter
     subj.counter = counter
+    totals: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
         objective = FiberObjective(prior_obj, subj, q, loss=getattr(method, "loss", "l2"))
@@ -382,39 +411,59 @@ def sample_fiber(
         bar = _progress(
             per_batch_steps * ((n + bs - 1) // bs), progress, f"{method.name} {getattr(subj, 'name', 'subject')}"
         )
-        states, histories = [], []
+        states, image_parts, feat_parts, histories = [], [], [], []
         t0 = time.perf_counter()
         for b, start in enumerate(range(0, n, bs)):
             chunk = all_seeds[start : start + bs]
-            noise = SampleNoise(chunk, dev)
+            real = len(chunk)
+            # the batch always has bs rows: a last partial batch is padded with repeats of its own
+            # seeds, whose results are dropped, so that sample i sees the same kernels at any n
+            noise = SampleNoise(pad_seeds(chunk, bs), dev)
+            batch_counter = CallCounter()
+            prior_obj.counter = batch_counter
+            subj.counter = batch_counter
+            costs: list[float] = []
 
-            def cb(info: dict[str, Any], _b: int = b) -> None:
+            def cb(info: dict[str, Any], _b: int = b, _real: int = real, _costs: list[float] = costs) -> None:
                 if bar is not None:
                     bar.update(1)
+                info = real_rows(info, _real, bs)
+                if isinstance(info.get("cost"), torch.Tensor):
+                    _costs.append(float(info["cost"].mean()))
                 if callback is not None:
                     callback({**info, "batch": _b})
 
             x_init = method.initial_state(prior_obj, objective, noise)
             traj = method.run(prior_obj, objective, x_init, noise, cb)
-            states.append(traj.sample.detach())
-            histories.append(traj.loss_history)
+            sample = traj.sample.detach()
+            with torch.no_grad():
+                imgs = prior_obj.decode(sample).float()
+                feats_b = objective.features_of_data(imgs).float()
+            states.append(sample[:real])
+            image_parts.append(imgs[:real])
+            feat_parts.append(feats_b[:real])
+            # the method's own history is a mean over the padded batch: the real rows' means instead
+            histories.append(costs if real < bs and len(costs) == len(traj.loss_history) else traj.loss_history)
+            for k, v in batch_counter.as_dict().items():  # every row of a batch costs the same
+                totals[k] = totals.get(k, 0.0) + v * real / bs
         if bar is not None:
             bar.close()
         timings["sampling"] = time.perf_counter() - t0
         state = torch.cat(states)
-        with torch.no_grad():
-            images = prior_obj.decode(state).float()
-            feats = objective.features_of_data(images).float()
+        images = torch.cat(image_parts)
+        feats = torch.cat(feat_parts)
     finally:
         prior_obj.counter = None
         subj.counter = None
+    for k, v in counter.as_dict().items():  # φ(query), counted once for the whole run
+        totals[k] = totals.get(k, 0.0) + v
     target = objective.target.float()
     losses = {k: LOSSES[k](feats, target).cpu() for k in REPORTED_LOSSES}
     fl = losses[metric] if metric in losses else LOSSES[metric](feats, target).cpu()
     timings["total"] = time.perf_counter() - t_total
     timings["per_sample"] = timings["sampling"] / n
-    counts: dict[str, float] = {k: v / n for k, v in counter.as_dict().items()}
-    counts["forward_equivalents"] = counter.forward_equivalents() / n
+    counts: dict[str, float] = {k: v / n for k, v in totals.items()}
+    counts["forward_equivalents"] = CallCounter(**totals).forward_equivalents() / n  # type: ignore[arg-type]
     config = {
         "method": method.config(),
         "prior": prior_obj.describe(),
@@ -422,6 +471,7 @@ def sample_fiber(
         "n": n,
         "seed": seed if seeds is None else None,
         "batch_size": bs,
+        "padding": -n % bs,
         "device": str(dev),
         "dtype": str(getattr(prior_obj, "compute_dtype", torch.float32)),
         "torch": torch.__version__,

@@ -57,7 +57,7 @@ def add_audit_command(subs: Any) -> None:
     r = p.add_argument_group("running")
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:$LOCAL_RANK if a GPU is visible, else cpu)")
     r.add_argument("--dtype", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
-    r.add_argument("--batch-size", type=int, help="samples per batch (results do not depend on it)")
+    r.add_argument("--batch-size", type=int, help="samples per guidance batch (default 8; a sample is bit-identical only at the same batch size)")
     r.add_argument("--threads", type=int, help="torch CPU threads per worker")
     r.add_argument(
         "--cache-size",

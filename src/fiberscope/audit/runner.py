@@ -90,7 +90,8 @@ class RunOptions:
     Attributes:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; None picks ``cuda:$LOCAL_RANK`` when a GPU is visible, else CPU.
         dtype: network dtype of the prior (``"fp16"``, ``"bf16"``; guidance stays float32).
-        batch_size: samples per batch (results do not depend on it).
+        batch_size: samples per guidance batch (default 8, see :func:`~fiberscope.sample_fiber`; samples
+            are bit-identical at the same batch size, equal up to rounding at another).
         trust_pickle: allow pickle checkpoints (only for files you trust; passed to the loaders).
         threads: torch CPU threads per worker (None: torch's default).
         progress: per-unit progress bars (the audit's own bar is separate).
