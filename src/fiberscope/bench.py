@@ -409,9 +409,9 @@ def sample_queries(
 
     Row ``q·n + j`` is sample ``j`` of query ``q``, what
     ``fs.sample_fiber(subject, queries[q:q+1], prior, n, method, seed=run_seeds[q])`` draws up to
-    floating-point rounding (each row carries its own target and its own noise stream). Returns decoded images ``[Q·n, ...]`` on the
-    CPU, the states for latent priors (else None), and the network calls of the sampling loops (the
-    one-off φ(query) and the final decoding are not counted).
+    floating-point rounding (each row carries its own target and its own noise stream). Returns
+    decoded images ``[Q·n, ...]`` on the CPU, the states for latent priors (else None), and the
+    network calls of the sampling loops (the one-off φ(query) and the final decoding are not counted).
 
     Example:
         >>> import torch, fiberscope as fs
