@@ -38,7 +38,7 @@ measured:
 
 Usage::
 
-    flock /tmp/cpu-heavy.lock python benchmarks/scale.py --quick --out results/scale   # CPU, < 15 min
+    flock /tmp/cpu-heavy.lock python benchmarks/scale.py --quick --out results/scale   # CPU, about 6 min
     python benchmarks/scale.py --device cuda --out results/scale-gpu                    # every pair, GPU
 """
 
@@ -197,8 +197,9 @@ QUICK = (
     ("adm-256-uncond", "resnet50", "fp32", True),
     ("ddpm-celebahq-256", "dinov2-vitb14", "fp32", False),
     ("ddpm-celebahq-256", "dinov2-vitb14", "fp32", True),
-    ("ddpm-celebahq-256", "dinov2-vitb14", "bf16", False),
 )
+# bf16 is not in --quick: on a CPU without AVX512-BF16/AMX (this project's machine) bf16 convolutions are
+# emulated, and one celebahq-256 x DINOv2 step did not finish in 900 s (docs/performance.md)
 
 
 # ---- builders ---------------------------------------------------------------------------------------
