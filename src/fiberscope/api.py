@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,13 +28,42 @@ from .guidance.ndtm import NDTM
 from .losses import LOSSES
 from .priors.base import CallCounter, Prior
 from .priors.loading import load_prior
+from .runtime import apply_channels_last, apply_compile, find_batch_size
 from .subjects.base import Subject, check_gradients, load_subject
 from .utils import atomic_write_bytes, atomic_write_json, is_rank_zero, jsonable
-from .validation import check, check_device, check_dtype, check_seeds
+from .validation import (
+    check,
+    check_autocast,
+    check_batch_size,
+    check_compile,
+    check_device,
+    check_dtype,
+    check_seeds,
+)
 
 __all__ = ["FiberSamples", "sample_fiber", "sample_seeds"]
 
 REPORTED_LOSSES = ("sq_l2", "l2", "rms", "l1", "cosine")
+
+#: Samples per guidance batch unless ``batch_size`` says otherwise. It does not depend on ``n``, so a
+#: sample drawn again alone from its seed runs through the same kernels (see :func:`sample_fiber`).
+DEFAULT_BATCH_SIZE = 8
+
+
+def pad_seeds(seeds: Sequence[int], size: int) -> list[int]:
+    """``seeds`` repeated cyclically to ``size`` entries (the padding rows of a last partial batch)."""
+    seeds = list(seeds)
+    return [seeds[i % len(seeds)] for i in range(max(size, len(seeds)))]
+
+
+def real_rows(info: dict[str, Any], real: int, size: int) -> dict[str, Any]:
+    """A step callback's dict with every per-sample tensor cut to the ``real`` rows of a padded batch."""
+    if real >= size:
+        return info
+    return {
+        k: v[:real] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v
+        for k, v in info.items()
+    }
 
 
 def sample_seeds(seed: int, n: int) -> list[int]:
@@ -284,6 +314,25 @@ def _check_subject_accepts(subj: Subject, q: torch.Tensor, prior: Prior) -> None
         )
 
 
+class _ProbeDone(Exception):
+    """Raised by the batch-size probe's callback after the first step: the step fitted."""
+
+
+def _probe_step(
+    method: GuidanceMethod, prior: Prior, objective: FiberObjective, seeds: list[int], size: int, dev: torch.device
+) -> None:
+    """One real guidance step at batch ``size`` (the first; the rest is skipped); raises if it runs out of memory."""
+
+    def stop(info: dict[str, Any]) -> None:
+        raise _ProbeDone
+
+    noise = SampleNoise(pad_seeds(seeds[:size], size), dev)
+    with contextlib.suppress(_ProbeDone):
+        method.run(prior, objective, method.initial_state(prior, objective, noise), noise, stop)
+    with torch.no_grad():  # the final decoding and φ at that size too
+        objective.features_of_data(prior.decode(noise.randn(prior.data_shape)))
+
+
 def _progress(total: int, enabled: bool, desc: str) -> Any:
     if not enabled or not is_rank_zero():
         return None
@@ -299,7 +348,7 @@ def sample_fiber(
     n: int = 8,
     method: GuidanceMethod | None = None,
     seed: int = 0,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     callback: Callable[[dict[str, Any]], Any] | None = None,
@@ -308,6 +357,9 @@ def sample_fiber(
     layer: str | Sequence[str] | Mapping[str, float] | None = None,
     seeds: Sequence[int] | None = None,
     metric: str = "sq_l2",
+    autocast: str | torch.dtype | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
 ) -> FiberSamples:
     """Sample ``n`` images from the fiber ``{x : φ(x) = φ(query)}`` of ``subject``.
 
@@ -320,15 +372,31 @@ def sample_fiber(
         n: number of samples.
         method: a guidance method (default ``NDTM()``); ``Unguided()`` samples the prior alone.
         seed: run seed; sample ``i`` gets its own seed from it (see ``seeds`` in the result).
-        batch_size: samples per batch (default: all ``n`` at once). Results do not depend on it.
+        batch_size: samples per guidance batch (default 8, whatever ``n``; ``"auto"``: the largest
+            batch that fits in memory, found by one probe step per size tried, halving on out of
+            memory, see :func:`fiberscope.runtime.find_batch_size`). A last partial batch
+            is padded to this size with repeats of its seeds, whose results are dropped (their
+            network calls are not counted in ``counts``; their time is in ``timings``), so every
+            sample runs in a batch of the same shape: ``sample_fiber(..., seeds=[out.seeds[i]])``
+            with the same ``batch_size`` on the same device reproduces sample ``i`` bit for bit.
+            Another ``batch_size`` gives the same samples up to floating-point rounding, which
+            guidance can amplify to visible differences over many steps. ``n`` below the batch
+            size still costs a full batch; pass ``batch_size=n`` (or 1) to save the time.
         device: ``"cuda"``, ``"cpu"``... (default: the prior's device).
         dtype: network dtype of the prior (guidance arithmetic stays float32).
         callback: called after every denoising step with a dict (``step``, ``t``, ``x``, ``x0``,
-            ``gamma``, ``cost``, ``steps``, ``batch``).
+            ``gamma``, ``cost``, ``steps``, ``batch``); its per-sample tensors hold the batch's
+            real samples only, never the padding.
         progress: show a tqdm bar (never on non-zero ranks).
         layer: layer(s) of ``subject`` to use as φ (see :func:`~fiberscope.load_subject`).
         seeds: explicit per-sample seeds (overrides ``seed``; ``n`` becomes ``len(seeds)``).
         metric: the form of ``fiber_loss`` in the result (default ``"sq_l2"``, as the paper reports).
+        autocast: ``"bf16"`` or ``"fp16"``: run the prior's network, its decoder and the subject under
+            ``torch.autocast``; the control, its Adam state, the update and the fiber loss stay float32
+            (see :mod:`fiberscope.runtime`).
+        channels_last: NHWC memory layout for the prior's and the subject's convolutions (GPU speed).
+        compile: ``True`` (inductor) or a ``torch.compile`` backend name: compile the prior's network
+            call (once per prior object).
 
     Returns:
         :class:`FiberSamples`.
@@ -356,65 +424,105 @@ def sample_fiber(
         n = len(seeds)
     n = check("n", n)
     seed = check("seed", seed)
-    batch_size = check("batch_size", batch_size)
+    batch_size = check_batch_size(batch_size)
     check_dtype(dtype)
     check_device(device)
+    amp = check_autocast(autocast)
+    channels_last = check("channels_last", channels_last)
+    backend = check_compile(compile)
     prior_obj = load_prior(prior, device=device, dtype=dtype)
     dev = torch.device(device) if device is not None else prior_obj.device
     subj = load_subject(subject, layer, device=dev)
     image_shape = getattr(prior_obj, "image_shape", None) or prior_obj.data_shape
     q = load_query(query, image_shape=tuple(image_shape), data_range=prior_obj.data_range, device=dev)
     all_seeds = list(seeds) if seeds is not None else sample_seeds(seed, n)
-    bs = batch_size or n
+    if channels_last:
+        apply_channels_last(prior_obj, subj)
+    if backend is not None:
+        apply_compile(prior_obj, backend)
 
     timings: dict[str, float] = {}
-    _check_subject_accepts(subj, q, prior_obj)
-    if method.needs_gradients:
-        check_gradients(subj, q, prior_obj.data_range)
     counter = CallCounter()
-    prior_obj.counter = counter
-    subj.counter = counter
+    totals: dict[str, float] = {}
+    # the checks on the query run in the precision of the sampling (autocast is reset afterwards)
+    prior_obj.autocast_dtype = amp
+    subj.autocast_dtype = amp
     try:
+        _check_subject_accepts(subj, q, prior_obj)
+        if method.needs_gradients:
+            check_gradients(subj, q, prior_obj.data_range)
+        prior_obj.counter = counter
+        subj.counter = counter
         t0 = time.perf_counter()
         objective = FiberObjective(prior_obj, subj, q, loss=getattr(method, "loss", "l2"))
         timings["target"] = time.perf_counter() - t0
+        if batch_size == "auto":
+            t0 = time.perf_counter()
+            prior_obj.counter = subj.counter = None
+            bs = find_batch_size(lambda b: _probe_step(method, prior_obj, objective, all_seeds, b, dev), n, dev)
+            prior_obj.counter = subj.counter = counter
+            timings["batch_search"] = time.perf_counter() - t0
+        else:
+            bs = int(batch_size or DEFAULT_BATCH_SIZE)
         per_batch_steps = len(method.times(prior_obj))
         bar = _progress(
             per_batch_steps * ((n + bs - 1) // bs), progress, f"{method.name} {getattr(subj, 'name', 'subject')}"
         )
-        states, histories = [], []
+        states, image_parts, feat_parts, histories = [], [], [], []
         t0 = time.perf_counter()
         for b, start in enumerate(range(0, n, bs)):
             chunk = all_seeds[start : start + bs]
-            noise = SampleNoise(chunk, dev)
+            real = len(chunk)
+            # the batch always has bs rows: a last partial batch is padded with repeats of its own
+            # seeds, whose results are dropped, so that sample i sees the same kernels at any n
+            noise = SampleNoise(pad_seeds(chunk, bs), dev)
+            batch_counter = CallCounter()
+            prior_obj.counter = batch_counter
+            subj.counter = batch_counter
+            costs: list[float] = []
 
-            def cb(info: dict[str, Any], _b: int = b) -> None:
+            def cb(info: dict[str, Any], _b: int = b, _real: int = real, _costs: list[float] = costs) -> None:
                 if bar is not None:
                     bar.update(1)
+                info = real_rows(info, _real, bs)
+                if isinstance(info.get("cost"), torch.Tensor):
+                    _costs.append(float(info["cost"].mean()))
                 if callback is not None:
                     callback({**info, "batch": _b})
 
             x_init = method.initial_state(prior_obj, objective, noise)
             traj = method.run(prior_obj, objective, x_init, noise, cb)
-            states.append(traj.sample.detach())
-            histories.append(traj.loss_history)
+            sample = traj.sample.detach()
+            with torch.no_grad():
+                imgs = prior_obj.decode(sample).float()
+                feats_b = objective.features_of_data(imgs).float()
+            states.append(sample[:real])
+            image_parts.append(imgs[:real])
+            feat_parts.append(feats_b[:real])
+            # the method's own history is a mean over the padded batch: the real rows' means instead
+            histories.append(costs if real < bs and len(costs) == len(traj.loss_history) else traj.loss_history)
+            for k, v in batch_counter.as_dict().items():  # every row of a batch costs the same
+                totals[k] = totals.get(k, 0.0) + v * real / bs
         if bar is not None:
             bar.close()
         timings["sampling"] = time.perf_counter() - t0
         state = torch.cat(states)
-        with torch.no_grad():
-            images = prior_obj.decode(state).float()
-            feats = objective.features_of_data(images).float()
+        images = torch.cat(image_parts)
+        feats = torch.cat(feat_parts)
     finally:
         prior_obj.counter = None
         subj.counter = None
+        prior_obj.autocast_dtype = None
+        subj.autocast_dtype = None
+    for k, v in counter.as_dict().items():  # φ(query), counted once for the whole run
+        totals[k] = totals.get(k, 0.0) + v
     target = objective.target.float()
     losses = {k: LOSSES[k](feats, target).cpu() for k in REPORTED_LOSSES}
     fl = losses[metric] if metric in losses else LOSSES[metric](feats, target).cpu()
     timings["total"] = time.perf_counter() - t_total
     timings["per_sample"] = timings["sampling"] / n
-    counts: dict[str, float] = {k: v / n for k, v in counter.as_dict().items()}
-    counts["forward_equivalents"] = counter.forward_equivalents() / n
+    counts: dict[str, float] = {k: v / n for k, v in totals.items()}
+    counts["forward_equivalents"] = CallCounter(**totals).forward_equivalents() / n  # type: ignore[arg-type]
     config = {
         "method": method.config(),
         "prior": prior_obj.describe(),
@@ -422,8 +530,13 @@ def sample_fiber(
         "n": n,
         "seed": seed if seeds is None else None,
         "batch_size": bs,
+        "batch_size_requested": batch_size,
+        "padding": -n % bs,
         "device": str(dev),
         "dtype": str(getattr(prior_obj, "compute_dtype", torch.float32)),
+        "autocast": None if amp is None else str(amp),
+        "channels_last": bool(getattr(prior_obj, "channels_last", False)),
+        "compile": getattr(prior_obj, "compiled_with", None),
         "torch": torch.__version__,
     }
     from . import __version__

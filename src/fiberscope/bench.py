@@ -31,8 +31,10 @@ settings, which include a fingerprint of the prior's and the subject's weight fi
 change, so an interrupted bench resumes where it stopped and a retrained model is measured again.
 
 Sampling batches several queries together (each row its own target); sample ``j`` of query ``q``
-in seed ``s`` is exactly ``fs.sample_fiber(subject, query, prior, n, method, seed=run_seed)`` with
-the ``run_seeds`` recorded in the unit (per-sample determinism makes the batching invisible).
+in seed ``s`` is ``fs.sample_fiber(subject, query, prior, n, method, seed=run_seed)`` with the
+``run_seeds`` recorded in the unit, up to floating-point rounding (per-sample arithmetic makes the
+batching invisible but for the kernels chosen for another batch shape, see the README's
+"What is reproducible").
 
 Example (Python, with models named in ``objects`` instead of the zoo):
     >>> from fiberscope.bench import BenchConfig
@@ -405,11 +407,11 @@ def sample_queries(
 ) -> tuple[torch.Tensor, torch.Tensor | None, CallCounter]:
     """``n`` samples from the fiber of each of many queries, several queries per guidance batch.
 
-    Row ``q·n + j`` is sample ``j`` of query ``q``, exactly what
-    ``fs.sample_fiber(subject, queries[q:q+1], prior, n, method, seed=run_seeds[q])`` draws (each row
-    carries its own target and its own noise stream). Returns decoded images ``[Q·n, ...]`` on the
-    CPU, the states for latent priors (else None), and the network calls of the sampling loops (the
-    one-off φ(query) and the final decoding are not counted).
+    Row ``q·n + j`` is sample ``j`` of query ``q``, what
+    ``fs.sample_fiber(subject, queries[q:q+1], prior, n, method, seed=run_seeds[q])`` draws up to
+    floating-point rounding (each row carries its own target and its own noise stream). Returns
+    decoded images ``[Q·n, ...]`` on the CPU, the states for latent priors (else None), and the
+    network calls of the sampling loops (the one-off φ(query) and the final decoding are not counted).
 
     Example:
         >>> import torch, fiberscope as fs

@@ -209,6 +209,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .audit.runner import ModelCache, RunOptions
     from .audit.store import Staging, held, install, lock_for, remove_stale_staging, seal
     from .data.query import IMAGE_SUFFIXES, load_query
+    from .runtime import runtime_kwargs
     from .utils import sigterm_as_interrupt
 
     if not args.subject or not args.prior:
@@ -277,9 +278,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 n=args.n,
                 method=method,
                 seed=args.seed,
-                batch_size=args.batch_size,
                 device=cache.device,
                 progress=not args.quiet,
+                **runtime_kwargs(args),
             )
             staging = Staging(out, ".partial-sample-")
             try:
@@ -518,7 +519,9 @@ fiberscope sample q.png --config audit.yaml     # options from a file""",
     )
     p.add_argument("--n", type=int, default=8, help="samples per query (default 8)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int)
+    from .runtime import add_runtime_args
+
+    add_runtime_args(p)
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
     p.add_argument(

@@ -74,6 +74,9 @@ __all__ = [
     "PARAMS",
     "Param",
     "check",
+    "check_autocast",
+    "check_batch_size",
+    "check_compile",
     "check_device",
     "check_dtype",
     "check_flags",
@@ -215,6 +218,7 @@ PARAMS: dict[str, Param] = {
     "n": Int(1, MAX_N, "samples per query"),
     "seed": Int(0, MAX_SEED, "the run seed"),
     "batch_size": Int(1, MAX_BATCH_SIZE, "samples per batch", optional=True),
+    "channels_last": BOOL,
     # running (audit, bench, zoo, baselines)
     "threads": Int(1, MAX_THREADS, "torch CPU threads", optional=True),
     "cache_size": Int(1, 1000, "loaded models kept per process"),
@@ -284,6 +288,9 @@ def check_flags(values: Mapping[str, Any], command: str = "") -> None:
         flag = "--" + dest.replace("_", "-")
         if dest == "device":
             check_device(v, flag)
+            continue
+        if dest in _SPECIAL_FLAGS and command.split(" ", 1)[0] in ("sample", "audit"):
+            _SPECIAL_FLAGS[dest](v, flag)
             continue
         spec = COMMAND_PARAMS.get((command, dest)) or COMMAND_PARAMS.get((top, dest))
         spec = spec or FLAG_PARAMS.get(dest) or PARAMS.get(dest)
@@ -424,6 +431,75 @@ def check_dtype(dtype: Any, name: str = "dtype") -> Any:
             name,
         )
     return dtype
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> Any:
+    """A batch size: None (the default, 8), ``"auto"`` (the largest that fits) or an integer in [1, 100000]."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str):
+        msg = f"{name} must be an integer in [1, {MAX_BATCH_SIZE}] or 'auto', got {value!r}"
+        raise ParameterTypeError(msg[:300], name)
+    return PARAMS["batch_size"].check(name, value)
+
+
+AUTOCAST_DTYPES = {
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+}
+
+
+def check_autocast(value: Any, name: str = "autocast") -> Any:
+    """An autocast dtype: None/``"off"`` (float32), ``"bf16"``, ``"fp16"`` (or their long names, or a torch.dtype).
+
+    Returns the ``torch.dtype`` (None for off).
+    """
+    import torch
+
+    if value is None or value is False:
+        return None
+    if isinstance(value, torch.dtype):
+        if value in (torch.bfloat16, torch.float16):
+            return value
+        if value == torch.float32:
+            return None
+    elif isinstance(value, str):
+        key = value.strip().lower().removeprefix("torch.")
+        if key in ("off", "none", "fp32", "float32"):
+            return None
+        if key in AUTOCAST_DTYPES:
+            return getattr(torch, AUTOCAST_DTYPES[key])
+    raise ParameterError(f"{name} must be 'bf16' or 'fp16' (or None for float32 throughout), got {value!r}"[:300], name)
+
+
+def check_compile(value: Any, name: str = "compile") -> Any:
+    """``torch.compile`` of the prior: False/None (off), True (``"inductor"``) or a backend name.
+
+    Returns the backend name, or None when off.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "inductor"
+    if isinstance(value, str) and value.strip():
+        import torch._dynamo
+
+        if value.strip() not in torch._dynamo.list_backends(exclude_tags=()):
+            known = sorted(torch._dynamo.list_backends())
+            raise ParameterError(f"{name}: unknown torch.compile backend {value!r}; known: {known}", name)
+        return value.strip()
+    raise ParameterTypeError(f"{name} must be true/false or a torch.compile backend name, got {value!r}"[:300], name)
+
+
+#: Flags of ``sample`` and ``audit`` that are not plain numbers.
+_SPECIAL_FLAGS: dict[str, Callable[[Any, str], Any]] = {
+    "batch_size": check_batch_size,
+    "autocast": check_autocast,
+    "compile": check_compile,
+}
 
 
 def check_device(device: Any, name: str = "device") -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..cli import EXIT, CLIError, _check_writable, _sub, add_method_args, register_command
 from ..errors import printable
+from ..runtime import add_runtime_args
 from ..utils import sigterm_as_interrupt as _sigterm_as_interrupt
 
 __all__ = [
@@ -57,7 +58,7 @@ def add_audit_command(subs: Any) -> None:
     r = p.add_argument_group("running")
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:$LOCAL_RANK if a GPU is visible, else cpu)")
     r.add_argument("--dtype", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
-    r.add_argument("--batch-size", type=int, help="samples per batch (results do not depend on it)")
+    add_runtime_args(r)
     r.add_argument("--threads", type=int, help="torch CPU threads per worker")
     r.add_argument(
         "--cache-size",
@@ -130,6 +131,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
+        autocast=args.autocast,
+        channels_last=bool(args.channels_last),
+        compile=args.compile,
         trust_pickle=bool(args.trust_pickle),
         threads=args.threads,
         cache_size=max(1, args.cache_size),

@@ -90,7 +90,11 @@ class RunOptions:
     Attributes:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; None picks ``cuda:$LOCAL_RANK`` when a GPU is visible, else CPU.
         dtype: network dtype of the prior (``"fp16"``, ``"bf16"``; guidance stays float32).
-        batch_size: samples per batch (results do not depend on it).
+        batch_size: samples per guidance batch (default 8, see :func:`~fiberscope.sample_fiber`; samples
+            are bit-identical at the same batch size, equal up to rounding at another).
+        autocast: ``"bf16"``/``"fp16"``: prior and subject under ``torch.autocast`` (fiber loss in fp32).
+        channels_last: NHWC layout for the convolutions.
+        compile: a ``torch.compile`` backend for the prior's network (None: off).
         trust_pickle: allow pickle checkpoints (only for files you trust; passed to the loaders).
         threads: torch CPU threads per worker (None: torch's default).
         progress: per-unit progress bars (the audit's own bar is separate).
@@ -103,7 +107,10 @@ class RunOptions:
 
     device: str | None = None
     dtype: str | None = None
-    batch_size: int | None = None
+    batch_size: int | str | None = None
+    autocast: str | None = None
+    channels_last: bool = False
+    compile: str | None = None
     trust_pickle: bool = False
     threads: int | None = None
     progress: bool = False
@@ -435,6 +442,9 @@ def _run_locked(unit: WorkUnit, root: Path, cache: ModelCache, options: RunOptio
             method=method,
             seed=unit.seed,
             batch_size=options.batch_size,
+            autocast=options.autocast,
+            channels_last=options.channels_last,
+            compile=options.compile or False,
             device=cache.device,
             progress=options.progress and is_rank_zero(),
         )

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..runtime import autocast, to_channels_last
 from .schedule import Schedule
 
 __all__ = ["PARAMETERIZATIONS", "CallCounter", "CallablePrior", "Denoised", "Prior", "count_backward"]
@@ -116,6 +117,9 @@ class Prior(nn.Module):
         super().__init__()
         self.counter: CallCounter | None = None
         self.compute_dtype: torch.dtype = torch.float32
+        #: autocast dtype of the network and decoder calls (set by ``sample_fiber(autocast=...)``)
+        self.autocast_dtype: torch.dtype | None = None
+        self.channels_last: bool = False
 
     # ---- what subclasses provide -------------------------------------------------------------
     def network(self, x_t: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
@@ -145,7 +149,10 @@ class Prior(nn.Module):
         a = a.to(x_t.device, torch.float32)
         s = s.to(x_t.device, torch.float32)
         tm = torch.full((x_t.shape[0],), self.schedule.model_time(t), device=x_t.device, dtype=torch.float32)
-        out = self.network(x_t.to(self.compute_dtype), tm).float()
+        x_in = to_channels_last(x_t.to(self.compute_dtype), getattr(self, "channels_last", False))
+        with autocast(x_t.device, getattr(self, "autocast_dtype", None)):
+            out = self.network(x_in, tm)
+        out = out.float().contiguous()
         if self.counter is not None:
             self.counter.prior_forwards += x_t.shape[0]
             out = count_backward(out, self.counter, "prior_backwards")
@@ -257,7 +264,9 @@ class CallablePrior(Prior):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self._decode is None:
             return z
-        x = self._decode(z)
+        with autocast(z.device, getattr(self, "autocast_dtype", None)):
+            x = self._decode(z)
+        x = x.float() if x.is_floating_point() else x
         if self.counter is not None:
             self.counter.decoder_forwards += z.shape[0]
             x = count_backward(x, self.counter, "decoder_backwards")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..runtime import autocast
 from .base import Prior, _check_param, count_backward
 from .schedule import Schedule
 
@@ -90,7 +91,8 @@ class LatentPrior(Prior):
         return out.sample if hasattr(out, "sample") else out
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.decoder(z.float() / self.scale + self.shift)
+        with autocast(z.device, getattr(self, "autocast_dtype", None)):
+            x = self.decoder(z.float() / self.scale + self.shift)
         x = (x.sample if hasattr(x, "sample") else x).float()
         if self.counter is not None:
             self.counter.decoder_forwards += z.shape[0]

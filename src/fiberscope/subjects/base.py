@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import SubjectGradientError
 from ..priors.base import CallCounter, count_backward
+from ..runtime import autocast, to_channels_last
 from .hooks import LayerExtractor
 
 __all__ = ["Subject", "SubjectGradientError", "check_gradients", "load_subject"]
@@ -65,6 +66,9 @@ class Subject(nn.Module):
         self.layer = layer
         self.differentiable = differentiable
         self.counter: CallCounter | None = None
+        #: autocast dtype of φ (set by ``sample_fiber(autocast=...)``); its features are cast to float32
+        self.autocast_dtype: torch.dtype | None = None
+        self.channels_last: bool = False
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         f = self.fn if hasattr(self, "fn") else self._callable
@@ -83,7 +87,13 @@ class Subject(nn.Module):
         if data_range is not None and self.input_range is not None and tuple(data_range) != self.input_range:
             (lo, hi), (a, b) = data_range, self.input_range
             x = (x - lo) * ((b - a) / (hi - lo)) + a
-        out = self._call(x)
+        amp = getattr(self, "autocast_dtype", None)
+        if amp is not None or getattr(self, "channels_last", False):
+            with autocast(x.device, amp):
+                out = self._call(to_channels_last(x, getattr(self, "channels_last", False)))
+            out = out.float() if amp is not None and out.is_floating_point() else out
+        else:
+            out = self._call(x)
         if out.dim() == 0 or out.shape[0] != x.shape[0]:
             raise ValueError(
                 f"subject {self.name!r} returned shape {tuple(out.shape)} for a batch of {x.shape[0]}; "

@@ -68,7 +68,7 @@ def evaluate_prior(
         prior,
         n=n,
         seed=seed,
-        batch_size=batch_size,
+        batch_size=min(batch_size, n),
         method=fs.Unguided(**sampling),
         progress=progress,
     )
