@@ -16,6 +16,8 @@ from .analysis import ComparisonResult, InvarianceReport, Transformation, compar
 from .api import FiberSamples, sample_fiber
 from .guidance import (
     DPS,
+    AutoNDTM,
+    NotGuidedWarning,
     MPGD,
     NDTM,
     TFG,
@@ -45,6 +47,8 @@ from .subjects import Subject, SubjectGradientError, load_subject
 
 __all__ = [
     "DPS",
+    "AutoNDTM",
+    "NotGuidedWarning",
     "LOSSES",
     "MPGD",
     "NDTM",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,9 @@ import torch
 from .data.query import load_query
 from .errors import ParameterError, ParameterTypeError
 from .guidance.base import FiberObjective, GuidanceMethod, SampleNoise
-from .guidance.ndtm import NDTM
+from .acceptance import acceptance_summary, check_resample, check_tolerance, nn_tolerance, redraw_seed
+from .guidance.auto import NotGuidedWarning, resolve_method, strength_hint, unguided_reference
+from .guidance.unguided import Unguided
 from .losses import LOSSES
 from .priors.base import CallCounter, Prior
 from .priors.loading import load_prior
@@ -65,6 +68,8 @@ class FiberSamples:
         loss_history: per batch, the mean terminal cost after each denoising step.
         in_fiber: ``[n]`` bool, per sample: fiber loss ≤ ``tolerance`` (None: no tolerance set).
         tolerance: the fiber-loss tolerance (in ``metric``) that ``in_fiber`` was judged by.
+        acceptance: with ``resample``: acceptance rates before and after the redraws and their cost.
+        warnings: what went wrong without failing (e.g. the samples were not guided).
     """
 
     images: torch.Tensor
@@ -83,6 +88,8 @@ class FiberSamples:
     loss_history: list[list[float]] = field(default_factory=list)
     in_fiber: torch.Tensor | None = None
     tolerance: float | None = None
+    acceptance: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -156,6 +163,8 @@ class FiberSamples:
             "loss_history": self.loss_history,
             "in_fiber": None if self.in_fiber is None else [bool(v) for v in self.in_fiber],
             "tolerance": self.tolerance,
+            "acceptance": self.acceptance,
+            "warnings": self.warnings,
         }
 
     def save(self, directory: str | os.PathLike[str], *, pngs: bool = True) -> Path:
@@ -223,6 +232,8 @@ class FiberSamples:
             loss_history=rec.get("loss_history", []),
             in_fiber=None if rec.get("in_fiber") is None else torch.tensor(rec["in_fiber"], dtype=torch.bool),
             tolerance=None if rec.get("tolerance") is None else float(rec["tolerance"]),
+            acceptance=rec.get("acceptance"),
+            warnings=list(rec.get("warnings") or []),
         )
 
 
@@ -308,6 +319,9 @@ def sample_fiber(
     layer: str | Sequence[str] | Mapping[str, float] | None = None,
     seeds: Sequence[int] | None = None,
     metric: str = "sq_l2",
+    tolerance: float | str | None = None,
+    reference_images: Any = None,
+    resample: int = 0,
 ) -> FiberSamples:
     """Sample ``n`` images from the fiber ``{x : φ(x) = φ(query)}`` of ``subject``.
 
@@ -318,7 +332,7 @@ def sample_fiber(
             image, an array, or a path to an image or .npy file (converted to the prior's space).
         prior: ``"builtin:mnist-ddpm"``, a diffusers directory, a cached hub id, or a Prior.
         n: number of samples.
-        method: a guidance method (default ``NDTM()``); ``Unguided()`` samples the prior alone.
+        method: a guidance method (default: see below); ``Unguided()`` samples the prior alone.
         seed: run seed; sample ``i`` gets its own seed from it (see ``seeds`` in the result).
         batch_size: samples per batch (default: all ``n`` at once). Results do not depend on it.
         device: ``"cuda"``, ``"cpu"``... (default: the prior's device).
@@ -329,6 +343,18 @@ def sample_fiber(
         layer: layer(s) of ``subject`` to use as φ (see :func:`~fiberscope.load_subject`).
         seeds: explicit per-sample seeds (overrides ``seed``; ``n`` becomes ``len(seeds)``).
         metric: the form of ``fiber_loss`` in the result (default ``"sq_l2"``, as the paper reports).
+        tolerance: judge each sample in or out of the fiber (``in_fiber``): fiber loss (in ``metric``)
+            ≤ this number, or ``"nn"``: ≤ the query's nearest real neighbour's among ``reference_images``.
+        reference_images: ``[M, C, H, W]`` real images in the prior's data space, for ``tolerance="nn"``.
+        resample: redraw the samples outside the fiber with new (recorded) seeds, up to this many
+            rounds; a redraw replaces a miss when its fiber loss is lower. ``acceptance`` reports
+            the acceptance rates and the extra cost.
+
+    With ``method=None`` or an ``NDTM`` with settings left open (``NDTM()``, ``NDTM(steps=50)``),
+    the prior's registered preset fills them, and a prior without one gets the scale-free
+    :class:`~fiberscope.guidance.auto.AutoNDTM` (``config["method_defaults"]`` says which). A
+    guided run whose samples end above half the unguided fiber-loss level (a short unguided chain
+    from the same noise, ``config["unguided_reference"]``) warns with :class:`NotGuidedWarning`.
 
     Returns:
         :class:`FiberSamples`.
@@ -343,8 +369,7 @@ def sample_fiber(
         GuidanceError, SubjectGradientError: NaN/inf, or no gradient through the subject.
     """
     t_total = time.perf_counter()
-    method = method if method is not None else NDTM()
-    if not isinstance(method, GuidanceMethod):
+    if method is not None and not isinstance(method, GuidanceMethod):
         raise ParameterTypeError(
             f"method must be a guidance method such as fiberscope.NDTM(...), got {type(method).__name__}", "method"
         )
@@ -359,7 +384,10 @@ def sample_fiber(
     batch_size = check("batch_size", batch_size)
     check_dtype(dtype)
     check_device(device)
+    tolerance = check_tolerance(tolerance, reference_images)
+    resample = check_resample(resample, tolerance)
     prior_obj = load_prior(prior, device=device, dtype=dtype)
+    method, defaults = resolve_method(method, prior_obj)  # the prior's preset, or the scale-free default
     dev = torch.device(device) if device is not None else prior_obj.device
     subj = load_subject(subject, layer, device=dev)
     image_shape = getattr(prior_obj, "image_shape", None) or prior_obj.data_shape
@@ -371,52 +399,107 @@ def sample_fiber(
     _check_subject_accepts(subj, q, prior_obj)
     if method.needs_gradients:
         check_gradients(subj, q, prior_obj.data_range)
-    counter = CallCounter()
-    prior_obj.counter = counter
-    subj.counter = counter
+    counter, ref_counter = CallCounter(), CallCounter()
+    guided = method.needs_gradients and not isinstance(method, Unguided)
     try:
         t0 = time.perf_counter()
         objective = FiberObjective(prior_obj, subj, q, loss=getattr(method, "loss", "l2"))
         timings["target"] = time.perf_counter() - t0
+        tol_info: dict[str, Any] | None = None
+        if tolerance == "nn":
+            tolerance, tol_info = nn_tolerance(objective, reference_images, metric)
         per_batch_steps = len(method.times(prior_obj))
         bar = _progress(
             per_batch_steps * ((n + bs - 1) // bs), progress, f"{method.name} {getattr(subj, 'name', 'subject')}"
         )
-        states, histories = [], []
+        histories: list[list[float]] = []
         t0 = time.perf_counter()
-        for b, start in enumerate(range(0, n, bs)):
-            chunk = all_seeds[start : start + bs]
-            noise = SampleNoise(chunk, dev)
 
-            def cb(info: dict[str, Any], _b: int = b) -> None:
-                if bar is not None:
-                    bar.update(1)
-                if callback is not None:
-                    callback({**info, "batch": _b})
+        def draw(seed_list: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """States of the samples of ``seed_list`` and their unguided reference features."""
+            states, refs = [], []
+            for start in range(0, len(seed_list), bs):
+                b = len(histories)
+                noise = SampleNoise(seed_list[start : start + bs], dev)
 
-            x_init = method.initial_state(prior_obj, objective, noise)
-            traj = method.run(prior_obj, objective, x_init, noise, cb)
-            states.append(traj.sample.detach())
-            histories.append(traj.loss_history)
+                def cb(info: dict[str, Any], _b: int = b) -> None:
+                    if bar is not None:
+                        bar.update(1)
+                    if callback is not None:
+                        callback({**info, "batch": _b})
+
+                prior_obj.counter = subj.counter = counter
+                x_init = method.initial_state(prior_obj, objective, noise)
+                if guided and getattr(method, "init", "noise") == "noise":
+                    prior_obj.counter = subj.counter = ref_counter  # its cost is reported on its own
+                    refs.append(unguided_reference(prior_obj, objective, x_init).cpu())
+                    prior_obj.counter = subj.counter = counter
+                traj = method.run(prior_obj, objective, x_init, noise, cb)
+                states.append(traj.sample.detach())
+                histories.append(traj.loss_history)
+            return torch.cat(states), (torch.cat(refs) if refs else None)
+
+        def judge(state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            prior_obj.counter = subj.counter = None
+            with torch.no_grad():
+                images = prior_obj.decode(state).float()
+                feats = objective.features_of_data(images).float()
+            return images, feats
+
+        state, ref_feats = draw(all_seeds)
+        images, feats = judge(state)
+        target = objective.target.float()
+        fl = LOSSES[metric](feats, target).cpu()
+        in_fiber = None if tolerance is None else fl <= float(tolerance)
+        acceptance: dict[str, Any] | None = None
+        if in_fiber is not None and resample:
+            first, fe_first, rounds, redrawn = in_fiber.clone(), counter.forward_equivalents() / n, 0, 0
+            for r in range(1, resample + 1):
+                miss = (~in_fiber).nonzero().flatten().tolist()
+                if not miss:
+                    break
+                rounds = r
+                redrawn += len(miss)
+                new_seeds = [redraw_seed(all_seeds[i], r) for i in miss]
+                s2, _ = draw(new_seeds)
+                im2, f2 = judge(s2)
+                fl2 = LOSSES[metric](f2, target).cpu()
+                for j, i in enumerate(miss):  # a redraw replaces the miss only when it is better
+                    if fl2[j] < fl[i]:
+                        state[i], images[i], feats[i], fl[i] = s2[j], im2[j], f2[j], fl2[j]
+                        all_seeds[i] = new_seeds[j]
+                in_fiber = fl <= float(tolerance)  # type: ignore[arg-type]
+            acceptance = acceptance_summary(
+                first, in_fiber, rounds, redrawn, fe_first, counter.forward_equivalents() / n
+            )
         if bar is not None:
             bar.close()
         timings["sampling"] = time.perf_counter() - t0
-        state = torch.cat(states)
-        with torch.no_grad():
-            images = prior_obj.decode(state).float()
-            feats = objective.features_of_data(images).float()
     finally:
         prior_obj.counter = None
         subj.counter = None
-    target = objective.target.float()
     losses = {k: LOSSES[k](feats, target).cpu() for k in REPORTED_LOSSES}
-    fl = losses[metric] if metric in losses else LOSSES[metric](feats, target).cpu()
     timings["total"] = time.perf_counter() - t_total
     timings["per_sample"] = timings["sampling"] / n
     counts: dict[str, float] = {k: v / n for k, v in counter.as_dict().items()}
     counts["forward_equivalents"] = counter.forward_equivalents() / n
+    warnings_out: list[str] = []
+    unguided_level = None
+    if ref_feats is not None:
+        counts["reference_forward_equivalents"] = ref_counter.forward_equivalents() / n
+        unguided_level = float(LOSSES[metric](ref_feats, target.cpu()).mean())
+        mean = float(fl.mean())
+        if mean > 0.5 * unguided_level:
+            msg = (
+                f"{method.name} did not guide: its samples end at fiber loss {metric} {mean:.4g}, "
+                f"{mean / max(unguided_level, 1e-30):.0%} of the unguided level {unguided_level:.4g} (above half of it); "
+                + strength_hint(method)
+            )
+            warnings_out.append(msg)
+            warnings.warn(NotGuidedWarning(msg), stacklevel=2)
     config = {
         "method": method.config(),
+        "method_defaults": defaults,
         "prior": prior_obj.describe(),
         "subject": subj.describe(),
         "n": n,
@@ -425,7 +508,12 @@ def sample_fiber(
         "device": str(dev),
         "dtype": str(getattr(prior_obj, "compute_dtype", torch.float32)),
         "torch": torch.__version__,
+        "unguided_reference": unguided_level,
     }
+    if tolerance is not None:
+        config["tolerance"] = {"value": float(tolerance), "source": "nn" if tol_info else "given", "nn": tol_info}
+    if acceptance is not None:
+        config["resample"] = {"rounds_allowed": resample, **acceptance}
     from . import __version__
 
     config["fiberscope"] = __version__
@@ -444,4 +532,8 @@ def sample_fiber(
         losses=losses,
         states=state.cpu() if prior_obj.is_latent else None,
         loss_history=histories,
+        in_fiber=in_fiber,
+        tolerance=None if tolerance is None else float(tolerance),
+        acceptance=acceptance,
+        warnings=warnings_out,
     )
