@@ -86,7 +86,9 @@ def nn_tolerance(
     """
     from .metrics.neighbours import nearest_neighbour
 
-    bank = torch.as_tensor(np.asarray(reference_images) if not isinstance(reference_images, torch.Tensor) else reference_images)
+    bank = torch.as_tensor(
+        np.asarray(reference_images) if not isinstance(reference_images, torch.Tensor) else reference_images
+    )
     query = objective.query
     if bank.dim() == query.dim() - 1:
         bank = bank.unsqueeze(1)
@@ -100,9 +102,14 @@ def nn_tolerance(
         raise ParameterError("reference_images is empty; give at least one real image", "reference_images")
     bank = bank.float().to(query.device)
     feats = torch.cat(
-        [objective.features_of_data(bank[i : i + batch_size]).float().flatten(1) for i in range(0, len(bank), batch_size)]
+        [
+            objective.features_of_data(bank[i : i + batch_size]).float().flatten(1)
+            for i in range(0, len(bank), batch_size)
+        ]
     )
-    nb = nearest_neighbour(objective.target.float()[:1], feats, metric, query_image=query[:1].cpu(), bank_images=bank.cpu())
+    nb = nearest_neighbour(
+        objective.target.float()[:1], feats, metric, query_image=query[:1].cpu(), bank_images=bank.cpu()
+    )
     return nb.loss, {"index": nb.index, "loss": nb.loss, "excluded": nb.excluded, "bank_size": len(bank)}
 
 

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .acceptance import acceptance_summary, check_resample, check_tolerance, nn_tolerance, redraw_seed
 from .data.query import load_query
 from .errors import ParameterError, ParameterTypeError
-from .guidance.base import FiberObjective, GuidanceMethod, SampleNoise
-from .acceptance import acceptance_summary, check_resample, check_tolerance, nn_tolerance, redraw_seed
 from .guidance.auto import NotGuidedWarning, resolve_method, strength_hint, unguided_reference
+from .guidance.base import FiberObjective, GuidanceMethod, SampleNoise
 from .guidance.unguided import Unguided
 from .losses import LOSSES
 from .priors.base import CallCounter, Prior
@@ -401,12 +401,14 @@ def sample_fiber(
         check_gradients(subj, q, prior_obj.data_range)
     counter, ref_counter = CallCounter(), CallCounter()
     guided = method.needs_gradients and not isinstance(method, Unguided)
+    prior_obj.counter = subj.counter = counter
     try:
         t0 = time.perf_counter()
         objective = FiberObjective(prior_obj, subj, q, loss=getattr(method, "loss", "l2"))
         timings["target"] = time.perf_counter() - t0
         tol_info: dict[str, Any] | None = None
         if tolerance == "nn":
+            prior_obj.counter = subj.counter = None  # the bank's features are not the sampler's cost
             tolerance, tol_info = nn_tolerance(objective, reference_images, metric)
         per_batch_steps = len(method.times(prior_obj))
         bar = _progress(
@@ -440,7 +442,7 @@ def sample_fiber(
             return torch.cat(states), (torch.cat(refs) if refs else None)
 
         def judge(state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            prior_obj.counter = subj.counter = None
+            prior_obj.counter = subj.counter = counter  # the final decoding and φ are counted, as always
             with torch.no_grad():
                 images = prior_obj.decode(state).float()
                 feats = objective.features_of_data(images).float()
@@ -492,8 +494,8 @@ def sample_fiber(
         if mean > 0.5 * unguided_level:
             msg = (
                 f"{method.name} did not guide: its samples end at fiber loss {metric} {mean:.4g}, "
-                f"{mean / max(unguided_level, 1e-30):.0%} of the unguided level {unguided_level:.4g} (above half of it); "
-                + strength_hint(method)
+                f"{mean / max(unguided_level, 1e-30):.0%} of the unguided level {unguided_level:.4g} "
+                "(above half of it); " + strength_hint(method)
             )
             warnings_out.append(msg)
             warnings.warn(NotGuidedWarning(msg), stacklevel=2)

@@ -112,7 +112,11 @@ class AutoNDTM(GuidanceMethod):
             v = getattr(self, nm)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
                 raise ValueError(f"{nm} must be a number in ({lo:g}, {hi:g}], got {v!r}")
-        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or not 0 <= self.tolerance < 1:
+        if (
+            isinstance(self.tolerance, bool)
+            or not isinstance(self.tolerance, (int, float))
+            or not 0 <= self.tolerance < 1
+        ):
             raise ValueError(f"tolerance must be a number in [0, 1), got {self.tolerance!r}")
         if self.output not in ("x0", "state"):
             raise ValueError(f"output must be 'x0' or 'state', got {self.output!r}")
@@ -288,13 +292,14 @@ def strength_hint(method: GuidanceMethod) -> str:
     """What to raise when ``method`` did not steer its samples."""
     if isinstance(method, AutoNDTM):
         return f"raise inner_steps (now {method.inner_steps}), rho (now {method.rho:g}) or start (now {method.start:g})"
-    if hasattr(method, "lr") and hasattr(method, "gamma"):
+    lr, scale = getattr(method, "lr", None), getattr(method, "scale", None)
+    if lr is not None and hasattr(method, "gamma"):
         return (
-            f"raise lr (now {getattr(method, 'lr'):g}) and gamma, or inner_steps "
+            f"raise lr (now {lr:g}) and gamma, or inner_steps "
             f"(now {getattr(method, 'inner_steps', '?')}); or use fiberscope.AutoNDTM(), which needs no tuning"
         )
-    if hasattr(method, "scale"):
-        return f"raise scale (now {getattr(method, 'scale'):g})"
+    if scale is not None:
+        return f"raise scale (now {scale:g})"
     return "raise the guidance strength of the method"
 
 
