@@ -19,7 +19,6 @@ space — never the subject — against the query's true label) in ≥ 90 % of s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,10 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import fiberscope as fs  # noqa: E402
-from common_pairs import ZOO_PAIRS, Judge, load_pair_prior, parse_pair, run_method, unguided_for  # noqa: E402
-from fiberscope.guidance.auto import AutoNDTM, resolve_method, scale_free_default  # noqa: E402
-from fiberscope.utils import atomic_write_json  # noqa: E402
+from common_pairs import ZOO_PAIRS, Judge, load_pair_prior, parse_pair, run_method, unguided_for
+
+import fiberscope as fs
+from fiberscope.guidance.auto import AutoNDTM, resolve_method, scale_free_default
+from fiberscope.utils import atomic_write_json
 
 LOSS_RATIO, CLASS_KEPT, REALISM_RATIO = 1 / 50, 0.9, 1.3
 

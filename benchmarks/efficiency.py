@@ -34,10 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import fiberscope as fs  # noqa: E402
-from common_pairs import Judge, diversity, load_pair_prior, parse_pair, run_method  # noqa: E402
-from fiberscope.guidance.auto import AutoNDTM  # noqa: E402
-from fiberscope.utils import atomic_write_bytes, atomic_write_json  # noqa: E402
+from common_pairs import Judge, diversity, load_pair_prior, parse_pair, run_method
+
+import fiberscope as fs
+from fiberscope.guidance.auto import AutoNDTM
+from fiberscope.utils import atomic_write_bytes, atomic_write_json
 
 FULL = {"K": [25, 50, 100, 200], "N": [1, 3, 5], "auto_K": [10, 20, 30, 50], "auto_N": [1, 2], "tol": [0.0, 1e-3]}
 QUICK = {"K": [25, 50, 100], "N": [1, 3], "auto_K": [10, 20, 30], "auto_N": [1, 2], "tol": [0.0, 1e-3]}
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if m["label"] is None:
             extra = m.get("at_new_best")
             print(
-                f"cost ratio at matched fiber loss: inf (no AutoNDTM setting reached the target"
+                "cost ratio at matched fiber loss: inf (no AutoNDTM setting reached the target"
                 + (
                     f"; at its best loss {extra['loss']:.4g}: cost ratio {extra['cost_ratio']:.3g}, "
                     f"realism ratio {extra['realism_ratio']:.3g})"
