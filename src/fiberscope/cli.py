@@ -117,7 +117,10 @@ def _config_defaults(parser: argparse.ArgumentParser, path: str | os.PathLike[st
 def add_method_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("guidance method")
     g.add_argument(
-        "--method", default=None, help="ndtm (default), unguided, or an NDTM preset name (see `fiberscope presets`)"
+        "--method",
+        default=None,
+        help="ndtm, auto, unguided, a baseline or an NDTM preset name (see `fiberscope presets`); default: the "
+        "prior's registered preset, else the scale-free auto (AutoNDTM), which needs no tuning",
     )
     g.add_argument("--steps", type=int, help="denoising steps K")
     g.add_argument("--inner-steps", type=int, help="NDTM: Adam steps N per denoising step")
