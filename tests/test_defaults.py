@@ -153,3 +153,27 @@ def test_mnist_ddpm_from_a_plain_diffusers_folder_gets_the_scale_free_default(tm
     assert out.config["method_defaults"]["source"] == "scale-free"
     ung = fs.sample_fiber("builtin:mnist-cnn", q, prior, n=2, method=fs.Unguided(steps=15, eta=0.5), progress=False)
     assert float(out.fiber_loss.mean()) <= float(ung.fiber_loss.mean()) / 50
+
+
+def test_cli_prints_the_defaults_in_fiber_count_and_the_not_guided_warning(tmp_path, capsys, monkeypatch):
+    from audit_assets import make_assets
+
+    from fiberscope.cli import main
+
+    assets = make_assets(tmp_path / "assets")
+    monkeypatch.setenv("FIBERSCOPE_ZOO_DIR", str(assets.zoo))
+    out = tmp_path / "out"
+    argv = ["sample", str(assets.queries[0]), "--subject", "builtin:mnist-cnn", "--prior", str(assets.prior)]
+    argv += ["--n", "2", "--steps", "4", "--inner-steps", "1", "--lr", "1e-12", "--tolerance", "0", "--quiet"]
+    capsys.readouterr()
+    with pytest.warns(NotGuidedWarning):
+        assert main([*argv, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "0 of 2 samples in the fiber" in text and "warning: ndtm did not guide" in text and "raise lr" in text
+    assert "did not guide" in (out / "report.html").read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGuidedWarning)
+        assert (
+            main([*argv[:6], "--n", "1", "--steps", "4", "--quiet", "--no-report", "--out", str(tmp_path / "o2")]) == 0
+        )
+    assert "the scale-free default" in capsys.readouterr().out
