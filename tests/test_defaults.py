@@ -157,7 +157,6 @@ def test_mnist_ddpm_from_a_plain_diffusers_folder_gets_the_scale_free_default(tm
 
 def test_cli_prints_the_defaults_in_fiber_count_and_the_not_guided_warning(tmp_path, capsys, monkeypatch):
     from audit_assets import make_assets
-
     from fiberscope.cli import main
 
     assets = make_assets(tmp_path / "assets")
