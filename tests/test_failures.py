@@ -518,6 +518,8 @@ def _damaged_prior(assets: Assets, root: Path, how: str) -> Path:
         unet_cfg.write_text(json.dumps({**json.loads(unet_cfg.read_text()), "sample_size": size}))
     elif how == "broken-config":
         unet_cfg.write_text('{"_class_name": "UNet2DModel",')
+    elif how == "no-weights":
+        w.unlink()
     return d
 
 
@@ -533,6 +535,7 @@ def _damaged_prior(assets: Assets, root: Path, how: str) -> Path:
         ("sample-size-neg", "sample_size must be an integer"),
         ("sample-size-huge", "in [1, 8192], got 1000000"),
         ("broken-config", "unet/config.json is not valid JSON"),
+        ("no-weights", "no weights (.safetensors) found in"),
     ],
 )
 def test_damaged_model_files_are_bad_weights_naming_the_file(

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, ModelNotAvailableError, ParameterError, PickleRefusedError
+from ..errors import CheckpointError, ModelNotAvailableError, ParameterError, PickleRefusedError, WeightsError
 from .base import Prior
 
 __all__ = [
@@ -110,7 +110,7 @@ def check_weights(directory: str | os.PathLike[str], *, trust_pickle: bool = Fal
 
     Raises:
         PickleRefusedError: only pickled weights and ``trust_pickle`` is False (the message says how to convert).
-        FileNotFoundError: no weights at all.
+        WeightsError: no weights at all (an incomplete download or export; exit code 8).
     """
     d = Path(directory)
     if any(d.glob("*.safetensors")):
@@ -124,7 +124,10 @@ def check_weights(directory: str | os.PathLike[str], *, trust_pickle: bool = Fal
             "Convert with from_pretrained(dir).save_pretrained(dir, safe_serialization=True) in a trusted environment, "
             "or pass trust_pickle=True if you trust this file (it is then read with torch.load(weights_only=True))"
         )
-    raise FileNotFoundError(f"{what}: no weights (.safetensors) found in {d}")
+    raise WeightsError(
+        f"{what}: no weights (.safetensors) found in {d}; the download or export is incomplete: "
+        "re-download the model, or re-export it with save_pretrained(dir, safe_serialization=True)"
+    )
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
