@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .acceptance import acceptance_summary, check_resample, check_tolerance, nn_tolerance, redraw_seed
 from .data.query import load_query
 from .errors import ParameterError, ParameterTypeError
+from .guidance.auto import NotGuidedWarning, resolve_method, strength_hint, unguided_reference
 from .guidance.base import FiberObjective, GuidanceMethod, SampleNoise
-from .guidance.ndtm import NDTM
+from .guidance.unguided import Unguided
 from .losses import LOSSES
 from .priors.base import CallCounter, Prior
 from .priors.loading import load_prior
@@ -95,6 +98,8 @@ class FiberSamples:
         loss_history: per batch, the mean terminal cost after each denoising step.
         in_fiber: ``[n]`` bool, per sample: fiber loss ≤ ``tolerance`` (None: no tolerance set).
         tolerance: the fiber-loss tolerance (in ``metric``) that ``in_fiber`` was judged by.
+        acceptance: with ``resample``: acceptance rates before and after the redraws and their cost.
+        warnings: what went wrong without failing (e.g. the samples were not guided).
     """
 
     images: torch.Tensor
@@ -113,6 +118,8 @@ class FiberSamples:
     loss_history: list[list[float]] = field(default_factory=list)
     in_fiber: torch.Tensor | None = None
     tolerance: float | None = None
+    acceptance: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -186,6 +193,8 @@ class FiberSamples:
             "loss_history": self.loss_history,
             "in_fiber": None if self.in_fiber is None else [bool(v) for v in self.in_fiber],
             "tolerance": self.tolerance,
+            "acceptance": self.acceptance,
+            "warnings": self.warnings,
         }
 
     def save(self, directory: str | os.PathLike[str], *, pngs: bool = True) -> Path:
@@ -253,6 +262,8 @@ class FiberSamples:
             loss_history=rec.get("loss_history", []),
             in_fiber=None if rec.get("in_fiber") is None else torch.tensor(rec["in_fiber"], dtype=torch.bool),
             tolerance=None if rec.get("tolerance") is None else float(rec["tolerance"]),
+            acceptance=rec.get("acceptance"),
+            warnings=list(rec.get("warnings") or []),
         )
 
 
@@ -360,6 +371,9 @@ def sample_fiber(
     autocast: str | torch.dtype | None = None,
     channels_last: bool = False,
     compile: bool | str = False,
+    tolerance: float | str | None = None,
+    reference_images: Any = None,
+    resample: int = 0,
 ) -> FiberSamples:
     """Sample ``n`` images from the fiber ``{x : φ(x) = φ(query)}`` of ``subject``.
 
@@ -370,7 +384,7 @@ def sample_fiber(
             image, an array, or a path to an image or .npy file (converted to the prior's space).
         prior: ``"builtin:mnist-ddpm"``, a diffusers directory, a cached hub id, or a Prior.
         n: number of samples.
-        method: a guidance method (default ``NDTM()``); ``Unguided()`` samples the prior alone.
+        method: a guidance method (default: see below); ``Unguided()`` samples the prior alone.
         seed: run seed; sample ``i`` gets its own seed from it (see ``seeds`` in the result).
         batch_size: samples per guidance batch (default 8, whatever ``n``; ``"auto"``: the largest
             batch that fits in memory, found by one probe step per size tried, halving on out of
@@ -397,6 +411,18 @@ def sample_fiber(
         channels_last: NHWC memory layout for the prior's and the subject's convolutions (GPU speed).
         compile: ``True`` (inductor) or a ``torch.compile`` backend name: compile the prior's network
             call (once per prior object).
+        tolerance: judge each sample in or out of the fiber (``in_fiber``): fiber loss (in ``metric``)
+            ≤ this number, or ``"nn"``: ≤ the query's nearest real neighbour's among ``reference_images``.
+        reference_images: ``[M, C, H, W]`` real images in the prior's data space, for ``tolerance="nn"``.
+        resample: redraw the samples outside the fiber with new (recorded) seeds, up to this many
+            rounds; a redraw replaces a miss when its fiber loss is lower. ``acceptance`` reports
+            the acceptance rates and the extra cost.
+
+    With ``method=None`` or an ``NDTM`` with settings left open (``NDTM()``, ``NDTM(steps=50)``),
+    the prior's registered preset fills them, and a prior without one gets the scale-free
+    :class:`~fiberscope.guidance.auto.AutoNDTM` (``config["method_defaults"]`` says which). A
+    guided run whose samples end above half the unguided fiber-loss level (a short unguided chain
+    from the same noise, ``config["unguided_reference"]``) warns with :class:`NotGuidedWarning`.
 
     Returns:
         :class:`FiberSamples`.
@@ -411,8 +437,7 @@ def sample_fiber(
         GuidanceError, SubjectGradientError: NaN/inf, or no gradient through the subject.
     """
     t_total = time.perf_counter()
-    method = method if method is not None else NDTM()
-    if not isinstance(method, GuidanceMethod):
+    if method is not None and not isinstance(method, GuidanceMethod):
         raise ParameterTypeError(
             f"method must be a guidance method such as fiberscope.NDTM(...), got {type(method).__name__}", "method"
         )
@@ -430,7 +455,10 @@ def sample_fiber(
     amp = check_autocast(autocast)
     channels_last = check("channels_last", channels_last)
     backend = check_compile(compile)
+    tolerance = check_tolerance(tolerance, reference_images)
+    resample = check_resample(resample, tolerance)
     prior_obj = load_prior(prior, device=device, dtype=dtype)
+    method, defaults = resolve_method(method, prior_obj)  # the prior's preset, or the scale-free default
     dev = torch.device(device) if device is not None else prior_obj.device
     subj = load_subject(subject, layer, device=dev)
     image_shape = getattr(prior_obj, "image_shape", None) or prior_obj.data_shape
@@ -443,7 +471,9 @@ def sample_fiber(
 
     timings: dict[str, float] = {}
     counter = CallCounter()
-    totals: dict[str, float] = {}
+    guided = method.needs_gradients and not isinstance(method, Unguided)
+    totals: dict[str, float] = {}  # network calls per real sample, summed over batches (padding excluded)
+    ref_totals: dict[str, float] = {}
     # the checks on the query run in the precision of the sampling (autocast is reset afterwards)
     prior_obj.autocast_dtype = amp
     subj.autocast_dtype = amp
@@ -464,51 +494,95 @@ def sample_fiber(
             timings["batch_search"] = time.perf_counter() - t0
         else:
             bs = int(batch_size or DEFAULT_BATCH_SIZE)
+        tol_info: dict[str, Any] | None = None
+        if tolerance == "nn":
+            prior_obj.counter = subj.counter = None  # the bank's features are not the sampler's cost
+            tolerance, tol_info = nn_tolerance(objective, reference_images, metric)
         per_batch_steps = len(method.times(prior_obj))
         bar = _progress(
             per_batch_steps * ((n + bs - 1) // bs), progress, f"{method.name} {getattr(subj, 'name', 'subject')}"
         )
-        states, image_parts, feat_parts, histories = [], [], [], []
+        histories: list[list[float]] = []
         t0 = time.perf_counter()
-        for b, start in enumerate(range(0, n, bs)):
-            chunk = all_seeds[start : start + bs]
-            real = len(chunk)
-            # the batch always has bs rows: a last partial batch is padded with repeats of its own
-            # seeds, whose results are dropped, so that sample i sees the same kernels at any n
-            noise = SampleNoise(pad_seeds(chunk, bs), dev)
-            batch_counter = CallCounter()
-            prior_obj.counter = batch_counter
-            subj.counter = batch_counter
-            costs: list[float] = []
 
-            def cb(info: dict[str, Any], _b: int = b, _real: int = real, _costs: list[float] = costs) -> None:
-                if bar is not None:
-                    bar.update(1)
-                info = real_rows(info, _real, bs)
-                if isinstance(info.get("cost"), torch.Tensor):
-                    _costs.append(float(info["cost"].mean()))
-                if callback is not None:
-                    callback({**info, "batch": _b})
-
-            x_init = method.initial_state(prior_obj, objective, noise)
-            traj = method.run(prior_obj, objective, x_init, noise, cb)
-            sample = traj.sample.detach()
-            with torch.no_grad():
-                imgs = prior_obj.decode(sample).float()
-                feats_b = objective.features_of_data(imgs).float()
-            states.append(sample[:real])
-            image_parts.append(imgs[:real])
-            feat_parts.append(feats_b[:real])
-            # the method's own history is a mean over the padded batch: the real rows' means instead
-            histories.append(costs if real < bs and len(costs) == len(traj.loss_history) else traj.loss_history)
+        def add(into: dict[str, float], batch_counter: CallCounter, real: int) -> None:
             for k, v in batch_counter.as_dict().items():  # every row of a batch costs the same
-                totals[k] = totals.get(k, 0.0) + v * real / bs
+                into[k] = into.get(k, 0.0) + v * real / bs
+
+        def draw(seed_list: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+            """States, images and features of the samples of ``seed_list``, and their unguided reference features.
+
+            Every batch has ``bs`` rows: a last partial batch is padded with repeats of its own seeds,
+            whose results are dropped, so that sample i sees the same kernels at any n.
+            """
+            states, image_parts, feat_parts, refs = [], [], [], []
+            for start in range(0, len(seed_list), bs):
+                b = len(histories)
+                chunk = seed_list[start : start + bs]
+                real = len(chunk)
+                noise = SampleNoise(pad_seeds(chunk, bs), dev)
+                costs: list[float] = []
+
+                def cb(info: dict[str, Any], _b: int = b, _real: int = real, _costs: list[float] = costs) -> None:
+                    if bar is not None:
+                        bar.update(1)
+                    info = real_rows(info, _real, bs)
+                    if isinstance(info.get("cost"), torch.Tensor):
+                        _costs.append(float(info["cost"].mean()))
+                    if callback is not None:
+                        callback({**info, "batch": _b})
+
+                batch_counter = CallCounter()
+                prior_obj.counter = subj.counter = batch_counter
+                x_init = method.initial_state(prior_obj, objective, noise)
+                if guided and getattr(method, "init", "noise") == "noise":
+                    rc = CallCounter()
+                    prior_obj.counter = subj.counter = rc  # its cost is reported on its own
+                    refs.append(unguided_reference(prior_obj, objective, x_init)[:real].cpu())
+                    add(ref_totals, rc, real)
+                    prior_obj.counter = subj.counter = batch_counter
+                traj = method.run(prior_obj, objective, x_init, noise, cb)
+                sample = traj.sample.detach()
+                with torch.no_grad():  # the final decoding and φ are counted, as always
+                    imgs = prior_obj.decode(sample).float()
+                    feats_b = objective.features_of_data(imgs).float()
+                states.append(sample[:real])
+                image_parts.append(imgs[:real])
+                feat_parts.append(feats_b[:real])
+                # the method's own history is a mean over the padded batch: the real rows' means instead
+                histories.append(costs if real < bs and len(costs) == len(traj.loss_history) else traj.loss_history)
+                add(totals, batch_counter, real)
+            ref = torch.cat(refs) if refs else None
+            return torch.cat(states), torch.cat(image_parts), torch.cat(feat_parts), ref
+
+        def fe_per_sample() -> float:
+            return CallCounter(**{k: v for k, v in totals.items()}).forward_equivalents() / n  # type: ignore[arg-type]
+
+        state, images, feats, ref_feats = draw(all_seeds)
+        target = objective.target.float()
+        fl = LOSSES[metric](feats, target).cpu()
+        in_fiber = None if tolerance is None else fl <= float(tolerance)
+        acceptance: dict[str, Any] | None = None
+        if in_fiber is not None and resample:
+            first, fe_first, rounds, redrawn = in_fiber.clone(), fe_per_sample(), 0, 0
+            for r in range(1, resample + 1):
+                miss = (~in_fiber).nonzero().flatten().tolist()
+                if not miss:
+                    break
+                rounds = r
+                redrawn += len(miss)
+                new_seeds = [redraw_seed(all_seeds[i], r) for i in miss]
+                s2, im2, f2, _ = draw(new_seeds)
+                fl2 = LOSSES[metric](f2, target).cpu()
+                for j, i in enumerate(miss):  # a redraw replaces the miss only when it is better
+                    if fl2[j] < fl[i]:
+                        state[i], images[i], feats[i], fl[i] = s2[j], im2[j], f2[j], fl2[j]
+                        all_seeds[i] = new_seeds[j]
+                in_fiber = fl <= float(tolerance)  # type: ignore[arg-type]
+            acceptance = acceptance_summary(first, in_fiber, rounds, redrawn, fe_first, fe_per_sample())
         if bar is not None:
             bar.close()
         timings["sampling"] = time.perf_counter() - t0
-        state = torch.cat(states)
-        images = torch.cat(image_parts)
-        feats = torch.cat(feat_parts)
     finally:
         prior_obj.counter = None
         subj.counter = None
@@ -516,15 +590,28 @@ def sample_fiber(
         subj.autocast_dtype = None
     for k, v in counter.as_dict().items():  # φ(query), counted once for the whole run
         totals[k] = totals.get(k, 0.0) + v
-    target = objective.target.float()
     losses = {k: LOSSES[k](feats, target).cpu() for k in REPORTED_LOSSES}
-    fl = losses[metric] if metric in losses else LOSSES[metric](feats, target).cpu()
     timings["total"] = time.perf_counter() - t_total
     timings["per_sample"] = timings["sampling"] / n
     counts: dict[str, float] = {k: v / n for k, v in totals.items()}
     counts["forward_equivalents"] = CallCounter(**totals).forward_equivalents() / n  # type: ignore[arg-type]
+    warnings_out: list[str] = []
+    unguided_level = None
+    if ref_feats is not None:
+        counts["reference_forward_equivalents"] = CallCounter(**ref_totals).forward_equivalents() / n  # type: ignore[arg-type]
+        unguided_level = float(LOSSES[metric](ref_feats, target.cpu()).mean())
+        mean = float(fl.mean())
+        if mean > 0.5 * unguided_level:
+            msg = (
+                f"{method.name} did not guide: its samples end at fiber loss {metric} {mean:.4g}, "
+                f"{mean / max(unguided_level, 1e-30):.0%} of the unguided level {unguided_level:.4g} "
+                "(above half of it); " + strength_hint(method)
+            )
+            warnings_out.append(msg)
+            warnings.warn(NotGuidedWarning(msg), stacklevel=2)
     config = {
         "method": method.config(),
+        "method_defaults": defaults,
         "prior": prior_obj.describe(),
         "subject": subj.describe(),
         "n": n,
@@ -538,7 +625,12 @@ def sample_fiber(
         "channels_last": bool(getattr(prior_obj, "channels_last", False)),
         "compile": getattr(prior_obj, "compiled_with", None),
         "torch": torch.__version__,
+        "unguided_reference": unguided_level,
     }
+    if tolerance is not None:
+        config["tolerance"] = {"value": float(tolerance), "source": "nn" if tol_info else "given", "nn": tol_info}
+    if acceptance is not None:
+        config["resample"] = {"rounds_allowed": resample, **acceptance}
     from . import __version__
 
     config["fiberscope"] = __version__
@@ -557,4 +649,8 @@ def sample_fiber(
         losses=losses,
         states=state.cpu() if prior_obj.is_latent else None,
         loss_history=histories,
+        in_fiber=in_fiber,
+        tolerance=None if tolerance is None else float(tolerance),
+        acceptance=acceptance,
+        warnings=warnings_out,
     )

@@ -117,7 +117,10 @@ def _config_defaults(parser: argparse.ArgumentParser, path: str | os.PathLike[st
 def add_method_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("guidance method")
     g.add_argument(
-        "--method", default=None, help="ndtm (default), unguided, or an NDTM preset name (see `fiberscope presets`)"
+        "--method",
+        default=None,
+        help="ndtm, auto, unguided, a baseline or an NDTM preset name (see `fiberscope presets`); default: the "
+        "prior's registered preset, else the scale-free auto (AutoNDTM), which needs no tuning",
     )
     g.add_argument("--steps", type=int, help="denoising steps K")
     g.add_argument("--inner-steps", type=int, help="NDTM: Adam steps N per denoising step")
@@ -281,6 +284,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 device=cache.device,
                 progress=not args.quiet,
                 **runtime_kwargs(args),
+                tolerance=getattr(args, "tolerance", None),
+                resample=getattr(args, "resample", 0) or 0,
             )
             staging = Staging(out, ".partial-sample-")
             try:
@@ -298,12 +303,36 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     + (" (replaces the earlier result)" if replaced else "")
                 )
             )
+            for line in _sample_notes(res):
+                print(printable(f"{q}: {line}"))
         if args.report:
             from .report.results import write_results_report
 
             path = write_results_report(out)
             print(printable(f"report: {path}"))
     return 0
+
+
+def _sample_notes(res: Any) -> list[str]:
+    """The lines printed after a result: where its defaults came from, in/out of fiber, and its warnings."""
+    out = []
+    how = res.config.get("method_defaults") or {}
+    if how.get("source") == "preset" and how.get("given") is not None:
+        out.append(f"settings: the prior's preset {how['preset']} (given: {', '.join(how['given']) or 'none'})")
+    elif how.get("source") == "scale-free":
+        out.append("settings: the scale-free default (AutoNDTM: no preset is registered for this prior)")
+    if res.in_fiber is not None:
+        k = int(res.in_fiber.sum())
+        line = f"{k} of {len(res)} samples in the fiber (fiber loss {res.metric} ≤ {res.tolerance:.4g})"
+        acc = res.acceptance
+        if acc:
+            line += (
+                f"; acceptance {acc['acceptance_first_draw']:.0%} at the first draw, {acc['acceptance']:.0%} after "
+                f"{acc['rounds']} round(s) of redraws ({acc['redrawn_samples']} redrawn, +{acc['extra_cost']:.0%} cost)"
+            )
+        out.append(line)
+    out += [f"warning: {w}" for w in res.warnings]
+    return out
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -524,6 +553,14 @@ fiberscope sample q.png --config audit.yaml     # options from a file""",
     add_runtime_args(p)
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="fiber loss (sq_l2) at or below which a sample is in the fiber; marked in the grid and the report",
+    )
+    p.add_argument(
+        "--resample", type=int, default=0, help="redraw samples outside --tolerance with new seeds, up to K rounds"
+    )
     p.add_argument(
         "--out",
         default="fiber-out",

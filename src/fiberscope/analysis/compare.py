@@ -303,7 +303,9 @@ def compare_subjects(
         from ..zoo.registry import ZOO
 
         entry = ZOO.get(prior_name.removeprefix("builtin:"))
-    if method is None:  # the zoo's tuned preset for a builtin prior (as the CLI picks it), else NDTM()
+    if (
+        method is None
+    ):  # the zoo's tuned preset for a builtin prior (as the CLI picks it), else NDTM() (resolved per prior)
         method = fs.NDTM.preset(entry.preset) if entry is not None and entry.preset else fs.NDTM()
     bank_note = "given"
     if bank is None:

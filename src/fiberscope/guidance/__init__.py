@@ -5,6 +5,7 @@ TFG — one unified loop, :mod:`fiberscope.guidance.tfg`), prior-free pixel opti
 unguided sampling.
 """
 
+from .auto import AutoNDTM, NotGuidedWarning
 from .base import FiberObjective, GuidanceError, GuidanceMethod, SampleNoise, StepRule, Trajectory
 from .dps import DPS
 from .freedom import FreeDoM
@@ -18,6 +19,7 @@ from .unguided import Unguided
 #: Guidance methods by name (``fiberscope sample --method NAME``, manifests, the bench).
 METHODS: dict[str, type[GuidanceMethod]] = {
     "ndtm": NDTM,
+    "auto": AutoNDTM,
     "unguided": Unguided,
     "dps": DPS,
     "freedom": FreeDoM,
@@ -35,10 +37,12 @@ __all__ = [
     "PRESETS",
     "TFG",
     "UGD",
+    "AutoNDTM",
     "FiberObjective",
     "FreeDoM",
     "GuidanceError",
     "GuidanceMethod",
+    "NotGuidedWarning",
     "PixelOptimization",
     "SampleNoise",
     "StepRule",

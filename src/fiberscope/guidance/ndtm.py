@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -258,6 +258,9 @@ class NDTM(GuidanceMethod):
     name = "ndtm"
 
     def __post_init__(self) -> None:
+        # the settings given explicitly: the constructor records them (every one, until it has)
+        self._given: frozenset[str] = frozenset(f.name for f in fields(self))
+        self._preset: str | None = None
         check_method_settings(self)  # types and bounds of steps, inner_steps, lr, gamma, eta, ... (one layer)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
@@ -349,11 +352,25 @@ class NDTM(GuidanceMethod):
         if unknown:
             raise ValueError(f"unknown NDTM setting(s) {sorted(unknown)}")
         kw.update(overrides)
-        return cls(**kw)
+        out = cls(**kw)
+        out._given = frozenset(f.name for f in fields(cls))  # a preset leaves nothing open
+        out._preset = name
+        return out
 
     def with_(self, **changes: Any) -> NDTM:
-        """A copy with some settings changed."""
-        return replace(self, **changes)
+        """A copy with some settings changed (settings left open stay open, see :attr:`open_settings`)."""
+        out = replace(self, **changes)
+        out._given = self._given | frozenset(changes)
+        return out
+
+    @property
+    def open_settings(self) -> frozenset[str]:
+        """The settings neither given to the constructor nor taken from a preset.
+
+        ``NDTM()`` leaves every setting open: :func:`fiberscope.guidance.auto.resolve_method` fills
+        them from the prior's registered preset, or uses the scale-free :class:`AutoNDTM`.
+        """
+        return frozenset(f.name for f in fields(self)) - self._given
 
     # ---- the method ---------------------------------------------------------------------------
     def run(
@@ -364,6 +381,10 @@ class NDTM(GuidanceMethod):
         generator: SampleNoise,
         callback: StepCallback | None = None,
     ) -> Trajectory:
+        if self.open_settings:  # NDTM() with settings left open: the prior's preset or the scale-free default
+            from .auto import resolve_method
+
+            return resolve_method(self, prior)[0].run(prior, objective, x_init, generator, callback)
         times = self.times(prior)
         K = len(times)
         rule = self.rule
@@ -457,6 +478,19 @@ class NDTM(GuidanceMethod):
                 )
         sample = x0 if self.output == "x0" else x
         return Trajectory(sample=sample, x=x, x0=x0, loss_history=history)
+
+
+_dataclass_init = NDTM.__init__
+
+
+def _init_recording_given(self: NDTM, *args: Any, **kwargs: Any) -> None:
+    _dataclass_init(self, *args, **kwargs)
+    names = [f.name for f in fields(NDTM)]
+    self._given = frozenset(names[: len(args)]) | frozenset(kwargs)
+
+
+NDTM.__init__ = _init_recording_given  # type: ignore[method-assign]
+NDTM.__init__.__doc__ = _dataclass_init.__doc__
 
 
 # The reference scripts' settings (method.md §1.5). Noisier-first anchors in DDPM time.

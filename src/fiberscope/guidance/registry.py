@@ -50,7 +50,9 @@ def method_from_spec(spec: Any, overrides: Mapping[str, Any] | None = None, prio
     Args:
         spec: ``"ndtm"``, ``"unguided"``, a baseline (``"dps"``, ``"tfg"``, ...), an NDTM preset name,
             ``{"name": ..., **settings}``, a :class:`GuidanceMethod` (returned as is), or None (the
-            zoo's tuned preset for a ``builtin:`` prior, else plain NDTM).
+            zoo's tuned preset for a ``builtin:`` prior, else ``NDTM()`` with its settings left open,
+            which :func:`~fiberscope.guidance.auto.resolve_method` turns into the scale-free
+            :class:`~fiberscope.guidance.auto.AutoNDTM` when sampling).
         overrides: settings that win over the spec's (e.g. from command-line flags).
         prior_name: the prior's spec, for the default.
 

@@ -139,6 +139,8 @@ def write_results_report(
             f"subject {_describe(cfg, 'subject')} · prior {_describe(cfg, 'prior')} · method {method} · "
             f"{len(res)} samples · {res.timings.get('total', 0):.1f} s"
         )
+        for w in res.warnings:  # e.g. the samples were not guided (NotGuidedWarning)
+            rep.paragraph(f"warning: {w}", cls="warn")
         inv = None
         if invariances:
             ung = _unguided_reference(cfg, refs, len(res)) if unguided_reference else None

@@ -1,0 +1,252 @@
+"""Issue 21 item 4: the scale-free AutoNDTM against reference-faithful NDTM at matched fiber loss.
+
+Per pair, the reference side is NDTM exactly as the reference code runs it, with the pair's preset
+(its γ, sampler and weights) on the fair grid K ∈ {25, 50, 100, 200} × N ∈ {1, 3, 5}, keeping for
+each (K, N) the best of three learning rates (the preset's × {⅓, 1, 3}) by mean fiber loss. Its
+Pareto front of (forward-equivalents per sample, mean fiber loss) sets the target — the front's
+best mean loss — and the cost to beat (the cost of that point). The new side is AutoNDTM over its
+levers: fewer outer steps (K), inner Polyak steps (N) and the per-sample early exit
+(``tolerance``). Printed per pair:
+
+    cost ratio at matched fiber loss: X      (cheapest AutoNDTM at ≤ the target / the reference's cost)
+    realism ratio: Y                         (its Fréchet distance / the reference's, same space)
+    diversity ratio: Z                       (mean pairwise distance between samples of a query)
+
+When no AutoNDTM setting reaches the target, X is ``inf`` and the line says so; the ratio at the
+AutoNDTM's own best loss is printed next to it. ``--quick``: one pair, K ∈ {25, 50, 100} ×
+N ∈ {1, 3}, 2 queries × 2 samples (under 15 minutes on a 2-core CPU).
+
+    PYTHONPATH=src python benchmarks/efficiency.py --pairs mnist-ddpm:mnist-cnn@logits --quick --out eff-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common_pairs import Judge, diversity, load_pair_prior, parse_pair, run_method
+
+import fiberscope as fs
+from fiberscope.guidance.auto import AutoNDTM
+from fiberscope.utils import atomic_write_bytes, atomic_write_json
+
+FULL = {"K": [25, 50, 100, 200], "N": [1, 3, 5], "auto_K": [10, 20, 30, 50], "auto_N": [1, 2], "tol": [0.0, 1e-3]}
+QUICK = {"K": [25, 50, 100], "N": [1, 3], "auto_K": [10, 20, 30], "auto_N": [1, 2], "tol": [0.0, 1e-3]}
+LR_FACTORS = (1 / 3, 1.0, 3.0)
+
+
+def pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats in both cost and mean fiber loss, cheapest first."""
+    front, best = [], math.inf
+    for p in sorted(points, key=lambda p: (p["forward_equivalents"], p["fiber_loss_mean"])):
+        if p["fiber_loss_mean"] < best:
+            front.append(p)
+            best = p["fiber_loss_mean"]
+    return front
+
+
+def cheapest_at(points: list[dict[str, Any]], loss: float) -> dict[str, Any] | None:
+    ok = [p for p in points if p["fiber_loss_mean"] <= loss * (1 + 1e-9)]
+    return min(ok, key=lambda p: p["forward_equivalents"]) if ok else None
+
+
+def _point(r: dict[str, Any], judge: Judge, n: int, label: str, settings: dict[str, Any]) -> dict[str, Any]:
+    imgs = r.pop("_images")
+    r["diversity"] = diversity(imgs, judge, n)
+    r.pop("fiber_loss", None)
+    return {**r, "label": label, "settings": settings}
+
+
+def run_pair(spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: int, log: Any) -> dict[str, Any]:
+    pair = parse_pair(spec)
+    if not pair.tuned_preset:
+        raise SystemExit(f"{spec}: the reference side needs the pair's γ, from a preset; {pair.prior_name} has none")
+    tmp: list[tempfile.TemporaryDirectory[str]] = []
+    prior = load_pair_prior(pair, tmp)
+    subject = fs.load_subject(pair.subject, pair.layer)
+    judge = Judge(pair, queries)
+    base = fs.NDTM.preset(pair.tuned_preset)
+    reference, new = [], []
+    for K in grid["K"]:
+        for N in grid["N"]:
+            best = None
+            for f in LR_FACTORS:
+                m = base.with_(steps=K, inner_steps=N, lr=base.lr * f)
+                r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, f"NDTM K={K} N={N}", m.config())
+                r["lr"] = m.lr
+                log(
+                    f"  ref K={K:3d} N={N} lr={m.lr:.3g}: mean {r['fiber_loss_mean']:.4g} median "
+                    f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
+                )
+                if best is None or r["fiber_loss_mean"] < best["fiber_loss_mean"]:
+                    best = r
+            reference.append(best)
+    sampler = {"sampler": base.sampler, "eta": base.eta, "variance": base.variance, "clip": base.clip}
+    for K in grid["auto_K"]:
+        for N in grid["auto_N"]:
+            for tol in grid["tol"]:
+                m = AutoNDTM(steps=K, inner_steps=N, tolerance=tol, **sampler)
+                label = f"AutoNDTM K={K} N={N} tol={tol:g}"
+                r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, label, m.config())
+                log(
+                    f"  auto K={K:3d} N={N} tol={tol:g}: mean {r['fiber_loss_mean']:.4g} median "
+                    f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
+                )
+                new.append(r)
+    for d in tmp:
+        d.cleanup()
+    ref_front, new_front = pareto(reference), pareto(new)
+    target = ref_front[-1]  # the front's best mean loss, at its cost
+    match = cheapest_at(new, target["fiber_loss_mean"])
+    out: dict[str, Any] = {
+        "pair": spec,
+        "preset": pair.tuned_preset,
+        "reference_name": judge.reference_name,
+        "queries": queries,
+        "n": n,
+        "seed": seed,
+        "reference": reference,
+        "new": new,
+        "reference_front": [p["label"] for p in ref_front],
+        "new_front": [p["label"] for p in new_front],
+        "target": {
+            "fiber_loss_mean": target["fiber_loss_mean"],
+            "forward_equivalents": target["forward_equivalents"],
+            "label": target["label"],
+        },
+    }
+    if match is not None:
+        out["matched"] = {
+            "label": match["label"],
+            "cost_ratio": match["forward_equivalents"] / target["forward_equivalents"],
+            "realism_ratio": match["realism_fd"] / target["realism_fd"],
+            "diversity_ratio": match["diversity"] / target["diversity"] if target["diversity"] else float("nan"),
+        }
+    else:
+        best_new = new_front[-1]
+        ref_at = cheapest_at(reference, best_new["fiber_loss_mean"])
+        out["matched"] = {
+            "label": None,
+            "cost_ratio": math.inf,
+            "realism_ratio": math.nan,
+            "diversity_ratio": math.nan,
+            "at_new_best": None
+            if ref_at is None
+            else {
+                "loss": best_new["fiber_loss_mean"],
+                "new": best_new["label"],
+                "reference": ref_at["label"],
+                "cost_ratio": best_new["forward_equivalents"] / ref_at["forward_equivalents"],
+                "realism_ratio": best_new["realism_fd"] / ref_at["realism_fd"],
+            },
+        }
+    return out
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        for side, colour, name in (("reference", "tab:blue", "NDTM (reference)"), ("new", "tab:red", "AutoNDTM")):
+            pts = res[side]
+            fe = [p["forward_equivalents"] for p in pts]
+            ax.scatter(fe, [p["fiber_loss_mean"] for p in pts], c=colour, s=22, label=f"{name} mean")
+            ax.scatter(fe, [p["fiber_loss_median"] for p in pts], c=colour, s=22, marker="x", label=f"{name} median")
+            front = [p for p in pts if p["label"] in res[f"{side}_front"]]
+            ax.plot([p["forward_equivalents"] for p in front], [p["fiber_loss_mean"] for p in front], c=colour, lw=1)
+        ax.axhline(res["target"]["fiber_loss_mean"], c="grey", ls="--", lw=0.8, label="target (reference best)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("forward-equivalents per sample")
+        ax.set_ylabel("fiber loss (sq_l2)")
+        m = res["matched"]
+        ax.set_title(
+            f"{res['pair']}\ncost ratio {m['cost_ratio']:.2g}, realism ratio {m['realism_ratio']:.2g}", fontsize=9
+        )
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", default="mnist-ddpm:mnist-cnn@logits", help="comma-separated PRIOR:SUBJECT@LAYER")
+    ap.add_argument("--quick", action="store_true", help="one pair, a smaller grid, 2 queries × 2 samples")
+    ap.add_argument("--queries", type=int)
+    ap.add_argument("--n", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="efficiency-out")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    if args.quick:
+        pairs = pairs[:1]
+    grid = QUICK if args.quick else FULL
+    queries = args.queries or (2 if args.quick else 4)
+    n = args.n or 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = "python benchmarks/efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = []
+    t0 = time.perf_counter()
+    for spec in pairs:
+        print(f"{spec}:", flush=True)
+        res = run_pair(spec, grid, queries, n, args.seed, lambda s: print(s, flush=True))
+        results.append(res)
+        m = res["matched"]
+        t = res["target"]
+        print(
+            f"{spec}: target mean fiber loss {t['fiber_loss_mean']:.4g} at {t['forward_equivalents']:.0f} fe "
+            f"({t['label']})"
+        )
+        if m["label"] is None:
+            extra = m.get("at_new_best")
+            print(
+                "cost ratio at matched fiber loss: inf (no AutoNDTM setting reached the target"
+                + (
+                    f"; at its best loss {extra['loss']:.4g}: cost ratio {extra['cost_ratio']:.3g}, "
+                    f"realism ratio {extra['realism_ratio']:.3g})"
+                    if extra
+                    else ")"
+                )
+            )
+            print("realism ratio: nan")
+        else:
+            print(f"cost ratio at matched fiber loss: {m['cost_ratio']:.3g}  ({m['label']})")
+            print(f"realism ratio: {m['realism_ratio']:.3g}")
+            print(f"diversity ratio: {m['diversity_ratio']:.3g}")
+        record = {
+            "command": cmd,
+            "grid": grid,
+            "lr_factors": LR_FACTORS,
+            "seconds": time.perf_counter() - t0,
+            "pairs": results,
+        }
+        atomic_write_json(out / "efficiency.json", json.loads(json.dumps(record, default=float)))
+        plot(results, out / "efficiency.png")
+    print(f"results: {out / 'efficiency.json'}, plot: {out / 'efficiency.png'} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
