@@ -258,7 +258,9 @@ def run_case(name: str, priors: dict[str, fs.Prior]) -> dict[str, Any]:
     traj = method.run(prior, objective, method.initial_state(prior, objective, noise), noise, lambda d: steps.append(1))
     assert len(steps) == len(method.times(prior))
     # 2) the sampling API, same seeds
-    out = fs.sample_fiber(subject_module, q, prior, method=method, seeds=SEEDS, batch_size=len(SEEDS), layer=layer, progress=False)
+    out = fs.sample_fiber(
+        subject_module, q, prior, method=method, seeds=SEEDS, batch_size=len(SEEDS), layer=layer, progress=False
+    )
     with torch.no_grad():
         torch.testing.assert_close(out.images, prior.decode(traj.sample.detach()).float(), atol=1e-6, rtol=1e-6)
     return {
