@@ -329,6 +329,11 @@ class _ProbeDone(Exception):
     """Raised by the batch-size probe's callback after the first step: the step fitted."""
 
 
+def _per_sample_fe(totals: dict[str, float], n: int) -> float:
+    """Forward-equivalents per sample of call counts summed over a run (fractional: padding rows excluded)."""
+    return CallCounter(**totals).forward_equivalents() / n  # type: ignore[arg-type]
+
+
 def _probe_step(
     method: GuidanceMethod, prior: Prior, objective: FiberObjective, seeds: list[int], size: int, dev: torch.device
 ) -> None:
@@ -555,16 +560,13 @@ def sample_fiber(
             ref = torch.cat(refs) if refs else None
             return torch.cat(states), torch.cat(image_parts), torch.cat(feat_parts), ref
 
-        def fe_per_sample() -> float:
-            return CallCounter(**{k: v for k, v in totals.items()}).forward_equivalents() / n  # type: ignore[arg-type]
-
         state, images, feats, ref_feats = draw(all_seeds)
         target = objective.target.float()
         fl = LOSSES[metric](feats, target).cpu()
         in_fiber = None if tolerance is None else fl <= float(tolerance)
         acceptance: dict[str, Any] | None = None
         if in_fiber is not None and resample:
-            first, fe_first, rounds, redrawn = in_fiber.clone(), fe_per_sample(), 0, 0
+            first, fe_first, rounds, redrawn = in_fiber.clone(), _per_sample_fe(totals, n), 0, 0
             for r in range(1, resample + 1):
                 miss = (~in_fiber).nonzero().flatten().tolist()
                 if not miss:
@@ -579,7 +581,7 @@ def sample_fiber(
                         state[i], images[i], feats[i], fl[i] = s2[j], im2[j], f2[j], fl2[j]
                         all_seeds[i] = new_seeds[j]
                 in_fiber = fl <= float(tolerance)  # type: ignore[arg-type]
-            acceptance = acceptance_summary(first, in_fiber, rounds, redrawn, fe_first, fe_per_sample())
+            acceptance = acceptance_summary(first, in_fiber, rounds, redrawn, fe_first, _per_sample_fe(totals, n))
         if bar is not None:
             bar.close()
         timings["sampling"] = time.perf_counter() - t0
@@ -594,11 +596,11 @@ def sample_fiber(
     timings["total"] = time.perf_counter() - t_total
     timings["per_sample"] = timings["sampling"] / n
     counts: dict[str, float] = {k: v / n for k, v in totals.items()}
-    counts["forward_equivalents"] = CallCounter(**totals).forward_equivalents() / n  # type: ignore[arg-type]
+    counts["forward_equivalents"] = _per_sample_fe(totals, n)
     warnings_out: list[str] = []
     unguided_level = None
     if ref_feats is not None:
-        counts["reference_forward_equivalents"] = CallCounter(**ref_totals).forward_equivalents() / n  # type: ignore[arg-type]
+        counts["reference_forward_equivalents"] = _per_sample_fe(ref_totals, n)
         unguided_level = float(LOSSES[metric](ref_feats, target.cpu()).mean())
         mean = float(fl.mean())
         if mean > 0.5 * unguided_level:
