@@ -5,7 +5,7 @@ from .analytic import GaussianMixturePrior, GaussianPrior
 from .base import PARAMETERIZATIONS, CallablePrior, CallCounter, Denoised, Prior
 from .loading import CheckpointError, ModelNotAvailableError, load_prior
 from .schedule import FlowSchedule, Schedule, VPSchedule
-from .steps import ancestral_step, ddim_step, euler_step, flow_stochastic_step
+from .steps import ancestral_step, ddim_step
 
 __all__ = [
     "PARAMETERIZATIONS",
@@ -25,8 +25,6 @@ __all__ = [
     "VPSchedule",
     "ancestral_step",
     "ddim_step",
-    "euler_step",
-    "flow_stochastic_step",
     "load_adm_prior",
     "load_prior",
 ]
