@@ -105,6 +105,7 @@ class SampleNoise:
         return torch.stack([torch.randn(tuple(shape), generator=g) for g in self.generators]).to(self.device)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, *x.shape[1:]]`` noise, one row per generator (B = ``len(self)``, whatever ``x``'s batch)."""
         return self.randn(x.shape[1:])
 
 

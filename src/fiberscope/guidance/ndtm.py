@@ -145,7 +145,7 @@ def ndtm_weight(spec: WeightSpec, which: str, schedule: Schedule, t: float, s: f
         >>> ndtm_weight("ones", "score", sch, 780, 760), ndtm_weight("ones", "control", sch, 780, 760)
         (2e-05, 0.0001)
         >>> flow = FlowSchedule()                                           # t = 1000 is pure noise
-        >>> ndtm_weight("ddim", "score", flow, 1000, 500), ndtm_weight("ddpm", "control", flow, 1000, 500)
+        >>> round(ndtm_weight("ddim", "score", flow, 1000, 500), 9), ndtm_weight("ddpm", "control", flow, 1000, 500)
         (0.5, 0.0)
     """
     if isinstance(spec, bool) or not (isinstance(spec, (int, float)) or spec in WEIGHT_SCHEMES):
