@@ -27,9 +27,8 @@ import torch
 def build(seed: int = 0):
     from diffusers import DDPMScheduler, UNet2DModel
 
+    from fiberscope.models import UNET_28, SmallCNN
     from fiberscope.priors.diffusers import DiffusersPrior
-    from fiberscope.zoo.models import SmallCNN
-    from fiberscope.zoo.recipes import UNET_28
 
     torch.manual_seed(seed)
     unet = UNet2DModel(in_channels=1, out_channels=1, **UNET_28)

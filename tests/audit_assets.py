@@ -66,7 +66,7 @@ def make_assets(root: Path) -> Assets:
     from safetensors.torch import save_file
 
     from conftest import tiny_unet
-    from fiberscope.zoo.models import SmallCNN
+    from fiberscope.models import SmallCNN
 
     root.mkdir(parents=True, exist_ok=True)
     prior = root / "prior"

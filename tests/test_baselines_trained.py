@@ -28,9 +28,10 @@ from fiberscope.baselines import (
     load_baseline,
 )
 from fiberscope.baselines import recipes as R
+from fiberscope.baselines.conditional_training import build_pairs
+from fiberscope.models import ColorblindEmbed, ConvVAE, SmallCNN
 from fiberscope.priors.latent import LatentPrior
-from fiberscope.zoo.models import ColorblindEmbed, ConvVAE, SmallCNN
-from fiberscope.zoo.training import TrainConfig
+from fiberscope.training import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +57,7 @@ def colour_pairs():
     subject = fs.load_subject(ColorblindEmbed(dim=6, width=4), name="tiny-colorblind")
     g = torch.Generator().manual_seed(0)
     ink = (torch.rand(48, 1, 28, 28, generator=g) > 0.7).float() * 2 - 1
-    return R.build_pairs(codec, subject, ink[:40], ink[40:], colour=True, colourings=2)
+    return build_pairs(codec, subject, ink[:40], ink[40:], colour=True, colourings=2)
 
 
 def _cond_recipe(model: str, lam: float) -> dict:
@@ -181,15 +182,15 @@ def test_recipes_cover_the_issue_and_validate_their_settings(tmp_path):
     assert RECIPES["featinv-mnist"]["layer"] == "features" and RECIPES["featinv-mnist"]["p_uncond"] == 0.15
     recipe, cfg = R.resolve_recipe("cfm-l10", {"lambda_fiber": 3.0}, {"steps": 7})
     assert recipe["lambda_fiber"] == 3.0 and cfg.steps == 7 and recipe["arch"]["width"] == 512
-    h = R._recipe_hash(recipe, cfg)
-    assert h == R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "threads": 1}))  # threads do not count
-    assert h != R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "steps": 8}))
-    assert h != R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "cooldown": 3}))
-    assert h != R._recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "restarts": ((5, {"lr": 1e-4}),)}))
+    h = R.recipe_hash(recipe, cfg)
+    assert h == R.recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "threads": 1}))  # threads do not count
+    assert h != R.recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "steps": 8}))
+    assert h != R.recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "cooldown": 3}))
+    assert h != R.recipe_hash(recipe, TrainConfig(**{**cfg.__dict__, "restarts": ((5, {"lr": 1e-4}),)}))
     # Pinned: a changed hash orphans every checkpoint already trained with the recipe (a new
     # TrainConfig field at its default did that once). Change a pin only with the recipe itself.
     pinned = {"svae-mnist": "07b27917dd12ecd1", "cfm-l0": "1bac7d01731a6577", "featinv-mnist": "bb82154891bd0592"}
-    assert {n: R._recipe_hash(RECIPES[n], RECIPES[n]["train"]) for n in pinned} == pinned
+    assert {n: R.recipe_hash(RECIPES[n], RECIPES[n]["train"]) for n in pinned} == pinned
     assert R.resolve_recipe("cinn-mnist-cnn", overrides={"steps": 5})[0]["ae"]["train"]["steps"] == 5
     for bad, match in [({"nope": 1}, "no setting"), ({"kind": "svae"}, "cannot be changed")]:
         with pytest.raises(ValueError, match=match):

@@ -149,12 +149,12 @@ def test_demo_quick_run_writes_grids_json_and_report(tmp_path):
 
 
 def test_a_smoke_training_run_never_replaces_the_shipped_weights(tmp_path, monkeypatch):
-    from fiberscope.zoo import recipes
+    from fiberscope.zoo import recipes, trainers
 
     shipped = (weights_dir("mnist-cnn") / "model.safetensors").read_bytes()
     x = torch.rand(64, 1, 28, 28) * 2 - 1
     y = torch.randint(0, 10, (64,))
-    monkeypatch.setattr(recipes, "_dataset_tensor", lambda *a, **k: (x, y))
+    monkeypatch.setattr(trainers, "image_tensors", lambda *a, **k: (x, y))
     recipes.train(
         "mnist-cnn", workdir=tmp_path, overrides={"steps": 2, "threads": 1, "batch_size": 8}, log=lambda m: None
     )
@@ -166,7 +166,7 @@ def test_cooldown_changes_only_the_tail_of_the_learning_rate_schedule():
     """A constant-rate run extended with a cool-down is what the revised recipe does from scratch."""
     from dataclasses import replace
 
-    from fiberscope.zoo.training import TrainConfig, lr_at
+    from fiberscope.training import TrainConfig, lr_at
 
     base = TrainConfig(steps=6_000, lr=5e-4, warmup=300, min_lr_ratio=1.0)
     revised = replace(base, steps=9_000, cooldown=3_000)
@@ -182,7 +182,7 @@ def test_a_warm_restart_extends_a_finished_schedule_without_changing_its_steps()
     """mnist-flow's recipe: a run whose cool-down ended is extended by a restart, reproducibly."""
     from dataclasses import replace
 
-    from fiberscope.zoo.training import TrainConfig, lr_at
+    from fiberscope.training import TrainConfig, lr_at
 
     base = TrainConfig(steps=9_000, lr=5e-4, warmup=300, min_lr_ratio=1.0, cooldown=3_000)
     extended = replace(base, steps=13_500, restarts=((9_000, {"lr": 3e-4, "warmup": 200, "cooldown": 2_500}),))
@@ -203,10 +203,10 @@ def test_colormnist_decoder_stage_retrains_only_the_decoder(tmp_path, monkeypatc
     """Stage 3 of the colormnist-latent recipe must leave the encoder (the denoiser's latent space) as it was."""
     from safetensors.torch import load_file
 
-    from fiberscope.zoo import recipes
+    from fiberscope.zoo import recipes, trainers
 
     x = torch.rand(32, 1, 28, 28) * 2 - 1
-    monkeypatch.setattr(recipes, "_dataset_tensor", lambda *a, **k: (x, torch.zeros(32, dtype=torch.long)))
+    monkeypatch.setattr(trainers, "image_tensors", lambda *a, **k: (x, torch.zeros(32, dtype=torch.long)))
     small = {
         "steps": 2,
         "threads": 1,
@@ -244,10 +244,10 @@ def test_a_continue_stage_starts_from_stage_one_and_can_be_carried_to_another_ma
     from safetensors.torch import load_file
 
     from fiberscope.baselines.common import file_digest
-    from fiberscope.zoo import recipes
+    from fiberscope.zoo import recipes, trainers
 
     x = torch.rand(32, 1, 28, 28) * 2 - 1
-    monkeypatch.setattr(recipes, "_dataset_tensor", lambda *a, **k: (x, torch.zeros(32, dtype=torch.long)))
+    monkeypatch.setattr(trainers, "image_tensors", lambda *a, **k: (x, torch.zeros(32, dtype=torch.long)))
     recipe = dict(recipes.RECIPES["fashion-ddpm"])
     recipe.setdefault("continue", recipes.TrainConfig(steps=10, lr=1e-4, seed=1))
     monkeypatch.setitem(recipes.RECIPES, "fashion-ddpm", recipe)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..zoo.models import timestep_embedding
+from ..models import timestep_embedding
 
 __all__ = ["SOLVERS", "ConditionalFlowMatching", "ConditionalVelocity"]
 

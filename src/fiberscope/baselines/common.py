@@ -6,7 +6,7 @@ Trained invariance models are experiment artefacts, not part of the package: eac
 * ``model.safetensors`` — the EMA weights (plus ``ae.safetensors`` for a baseline with its own
   autoencoder), ``config.json`` — what to build and how it was conditioned, ``training.json`` —
   wall time, hardware, command, loss curve and held-out figures;
-* ``train/`` — the resumable training state (:class:`fiberscope.zoo.training.Checkpoint`).
+* ``train/`` — the resumable training state (:class:`fiberscope.training.Checkpoint`).
 
 Example:
     >>> from fiberscope.baselines.common import baselines_root, model_dir
@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -28,7 +27,8 @@ from torch import nn
 
 from ..errors import ModelNotAvailableError
 from ..losses import rms
-from ..zoo.models import ConvVAE
+from ..models import ConvVAE
+from ..utils import file_sha256
 
 __all__ = [
     "BaselineNotTrainedError",
@@ -67,11 +67,7 @@ def model_dir(name: str, root: str | os.PathLike[str] | None = None) -> Path:
 
 def file_digest(path: str | os.PathLike[str], n: int = 16) -> str:
     """The first ``n`` hex digits of a file's SHA-256 (records which weights a model was trained on)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
+    return file_sha256(path)[:n]
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -95,14 +91,14 @@ class Codec(nn.Module):
     prior uses, so a latent produced here is also a state of ``builtin:colormnist-latent``.
 
     Args:
-        vae: a :class:`~fiberscope.zoo.models.ConvVAE` (or any module with ``encode``/``decode``).
+        vae: a :class:`~fiberscope.models.ConvVAE` (or any module with ``encode``/``decode``).
         shift, scale: per-dimension latent normalisation.
         source: where the weights came from (recorded in every baseline's config).
         digest: digest of the weights file (checked when a baseline is loaded).
 
     Example:
         >>> import torch
-        >>> from fiberscope.zoo.models import ConvVAE
+        >>> from fiberscope.models import ConvVAE
         >>> codec = Codec(ConvVAE(latent_dim=4, width=8), torch.zeros(4), torch.ones(4))
         >>> codec.decode(torch.zeros(2, 4)).shape
         torch.Size([2, 3, 28, 28])

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..zoo.models import ConvVAE
+from ..models import ConvVAE
 
 __all__ = ["SVAEHead", "SupervisedVAE"]
 

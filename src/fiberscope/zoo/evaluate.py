@@ -137,7 +137,7 @@ def evaluate_subject(name: str, n: int | None = None, seed: int = 0, progress: b
         res["embedding_rms"] = float(a.pow(2).mean().sqrt())
         from safetensors.torch import load_file
 
-        from .models import GrayDecoder
+        from ..models import GrayDecoder
         from .registry import weights_dir
 
         dec = GrayDecoder(a.shape[1])

@@ -187,9 +187,9 @@ def load_builtin_prior(name: str, dtype: torch.dtype | None = None) -> Prior:
         return load_diffusers_prior(d, dtype=dtype, name=f"builtin:{name}")
     cfg = json.loads((d / "config.json").read_text())
     if cfg["class"] == "LatentPrior":
+        from ..models import ConvVAE, LatentDenoiser
         from ..priors.diffusers import schedule_from_scheduler_config
         from ..priors.latent import LatentPrior
-        from .models import ConvVAE, LatentDenoiser
 
         vae = _load_into(ConvVAE(**cfg["vae"]), d / "vae.safetensors")
         den = _load_into(LatentDenoiser(**cfg["denoiser"]), d / "denoiser.safetensors")
@@ -218,8 +218,8 @@ def load_builtin_prior(name: str, dtype: torch.dtype | None = None) -> Prior:
 
 def load_builtin_subject(name: str, layer: Any = None) -> Subject:
     """Load ``builtin:NAME`` as a :class:`~fiberscope.subjects.Subject` (``layer`` picks a named layer)."""
+    from .. import models
     from ..subjects.hooks import LayerExtractor
-    from . import models
 
     entry = _entry(name, "subject")
     d = weights_dir(name)
