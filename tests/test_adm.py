@@ -20,6 +20,8 @@ import fiberscope as fs
 from conftest import TinyCNN
 from fiberscope.cli import EXIT, main
 from fiberscope.priors import adm as A
+from fiberscope.priors import adm_checkpoint
+from fiberscope.priors import adm_unet as U
 from fiberscope.priors.adm import ADM_FAMILIES, ADMConfig, ADMUNet
 
 # (model_channels, image size, overrides of the family's settings) of the tiny stand-in of each family
@@ -285,11 +287,11 @@ def _einsum_attention(qkv: torch.Tensor, heads: int, new_order: bool) -> torch.T
 def test_attention_orders_match_the_einsum_reference_and_differ():
     torch.manual_seed(0)
     qkv = torch.randn(2, 3 * 4 * 16, 25)
-    legacy, new = A.attention(qkv, 4, False), A.attention(qkv, 4, True)
+    legacy, new = U.attention(qkv, 4, False), U.attention(qkv, 4, True)
     assert torch.allclose(legacy, _einsum_attention(qkv, 4, False), atol=1e-5)
     assert torch.allclose(new, _einsum_attention(qkv, 4, True), atol=1e-5)
     assert (legacy - new).abs().max() > 0.1  # the order matters, so the checks above are not vacuous
-    block = randomize(A.AttentionBlock(64, 4, new_order=False))
+    block = randomize(U.AttentionBlock(64, 4, new_order=False))
     x = torch.randn(2, 64, 5, 5)
     ref = x.flatten(2) + block.proj_out(_einsum_attention(block.qkv(block.norm(x.flatten(2))), 4, False))
     assert torch.allclose(block(x), ref.view_as(x), atol=1e-5)
@@ -351,7 +353,7 @@ def test_half_attention_is_as_accurate_as_the_originals_fp32_softmax(dtype):
     torch.manual_seed(1)
     qkv = (3 * torch.randn(2, 3 * 2 * 64, 49)).to(dtype)
     exact = _einsum_attention(qkv.double(), 2, False)
-    ours = (A.attention(qkv, 2, False).double() - exact).abs().max()
+    ours = (U.attention(qkv, 2, False).double() - exact).abs().max()
     original = (_einsum_attention(qkv, 2, False).double() - exact).abs().max()
     assert ours <= original
 
@@ -361,20 +363,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny, loaded, monkeypat
     plain = loaded("ffhq-256")
     ckpt = _load(tiny, "ffhq-256", gradient_checkpointing=True)
     calls = []
-    real = A.checkpoint
+    real = U.checkpoint
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(A, "checkpoint", counting)
+    monkeypatch.setattr(U, "checkpoint", counting)
     x, t = _inputs(cfg)
     grads = []
     for prior in (plain, ckpt):
         xi = x.clone().requires_grad_(True)
         (prior.network(xi, t) ** 2).sum().backward()
         grads.append(xi.grad)
-    n_blocks = sum(isinstance(m, (A.ResBlock, A.AttentionBlock)) for m in ckpt.unet.modules())
+    n_blocks = sum(isinstance(m, (U.ResBlock, U.AttentionBlock)) for m in ckpt.unet.modules())
     assert len(calls) == n_blocks  # every residual and attention block, once, in the checkpointed run only
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # no recomputation needed without gradients
@@ -507,7 +509,7 @@ def _deepinv_parity(tmp_path, large_model: bool, family: str) -> None:
     ref = dinv.models.DiffUNet(in_channels=3, out_channels=3, large_model=large_model, pretrained=None).eval()
     randomize(ref, seed=1)  # its output convolutions start at zero: a test on that init would prove nothing
     sd = ref.state_dict()
-    extra = sorted(k for k in sd if not k.startswith(A._TOP))
+    extra = sorted(k for k in sd if not k.startswith(adm_checkpoint._TOP))
     assert extra == ["sqrt_1m_alphas_cumprod", "sqrt_alphas_cumprod"]  # deepinv's schedule buffers, not the UNet's
     path = tmp_path / "model.pt"
     torch.save({k: v for k, v in sd.items() if k not in extra}, path)
@@ -577,3 +579,29 @@ def test_audit_model_cache_passes_gradient_checkpointing():
     ModelCache(RunOptions(device="cpu"), load_prior=loader).prior("a.pt")
     ModelCache(RunOptions(device="cpu", gradient_checkpointing=True), load_prior=loader).prior("a.pt")
     assert "gradient_checkpointing" not in seen[0] and seen[1]["gradient_checkpointing"] is True
+
+
+def test_the_adm_module_keeps_its_names_and_the_moved_parts_warn():
+    """priors/adm.py was split into the network (adm_unet), checkpoint reading (adm_checkpoint) and the prior."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from fiberscope.priors.adm import (  # noqa: F401
+            ADM_FAMILIES,
+            ADMConfig,
+            ADMPrior,
+            ADMUNet,
+            apply_overrides,
+            build_adm,
+            infer_adm_config,
+            load_adm_prior,
+            parse_spec_options,
+            read_state_dict,
+        )
+    assert ADMUNet is U.ADMUNet and infer_adm_config is adm_checkpoint.infer_adm_config
+    for name in ("attention", "AttentionBlock", "ResBlock", "GroupNorm32", "timestep_embedding", "NOISE_SCHEDULES"):
+        with pytest.warns(DeprecationWarning, match=rf"adm\.{name} has moved to fiberscope\.priors\.adm_unet\.{name}"):
+            assert getattr(A, name) is getattr(U, name)
+    with pytest.warns(DeprecationWarning, match="adm_checkpoint.INFERRED"):
+        assert A.INFERRED is adm_checkpoint.INFERRED
