@@ -257,3 +257,20 @@ def test_the_ranking_chart_is_inline_svg_with_everything_escaped(digits):
     assert "n/a" in svg  # colour on grey images
     assert "unguided prior samples" in svg and "augmentations of the query" in svg
     assert "http://" not in svg.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_the_invariances_module_keeps_its_names_and_the_moved_tables_warn():
+    """analysis/invariances.py was split into the probes (fitting, scoring), the report and its words."""
+    import warnings
+
+    from fiberscope.analysis import invariances, probes, summary
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in invariances.__all__:
+            assert getattr(invariances, name) is not None
+        from fiberscope.analysis.invariances import describe_params, summarise  # noqa: F401
+    assert invariances.Transformation is probes.Transformation and invariances.LABELS is probes.LABELS
+    for name, home in [("DESCRIPTIONS", probes), ("NESTED", probes), ("REMNANT", probes), ("KEPT", summary)]:
+        with pytest.warns(DeprecationWarning, match=rf"invariances\.{name} has moved to {home.__name__}\.{name}"):
+            assert getattr(invariances, name) is getattr(home, name)

@@ -131,7 +131,8 @@ def variation_image(images: torch.Tensor, scale: int = 4) -> Any:
 
 def add_invariances(rep: Report, inv: InvarianceReport, heading: str | None = "What the samples vary in") -> None:
     """The summary paragraph, the ranking chart and a table of fitted parameters."""
-    from ..analysis.invariances import DESCRIPTIONS, describe_params
+    from ..analysis.probes import DESCRIPTIONS
+    from ..analysis.summary import describe_params
 
     if heading:
         rep.heading(heading, level=4)
