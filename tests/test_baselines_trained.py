@@ -19,7 +19,6 @@ from conftest import TinyCNN, tiny_unet
 from fiberscope.baselines import (
     RECIPES,
     TRAIN_ORDER,
-    BaselineNotTrainedError,
     Codec,
     ConditionalFlowMatching,
     ConditionalINN,
@@ -28,6 +27,7 @@ from fiberscope.baselines import (
     load_baseline,
 )
 from fiberscope.baselines import recipes as R
+from fiberscope.errors import BaselineNotTrainedError
 from fiberscope.priors.latent import LatentPrior
 from fiberscope.zoo.models import ColorblindEmbed, ConvVAE, SmallCNN
 from fiberscope.zoo.training import TrainConfig

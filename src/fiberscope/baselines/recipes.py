@@ -45,13 +45,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..subjects.base import Subject, load_subject
+from ..errors import BaselineNotTrainedError, ModelNotAvailableError
+from ..loading import load_subject
+from ..subjects.base import Subject
 from ..utils import atomic_write_json, jsonable
 from ..zoo.models import ConvVAE
 from ..zoo.recipes import UNET_28
 from ..zoo.training import TrainConfig, run_training, save_safetensors
 from .cfm import ConditionalFlowMatching
-from .common import BaselineNotTrainedError, Codec, baselines_root, file_digest, model_dir, read_json, rms_fiber_loss
+from .common import Codec, baselines_root, file_digest, model_dir, read_json, rms_fiber_loss
 from .featinv import FeatInvUNet
 from .flows import ConditionalINN
 from .svae import SupervisedVAE
@@ -255,8 +257,6 @@ def _codec_record(codec: Codec, out: Path) -> dict[str, Any]:
 
 
 def _load_subject(recipe: dict[str, Any]) -> Subject:
-    from ..priors.loading import ModelNotAvailableError
-
     try:
         return load_subject(recipe["subject"], recipe.get("layer"))
     except ModelNotAvailableError as e:

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import CheckpointError, PickleRefusedError
 from .base import Prior
 from .schedule import VPSchedule
 
@@ -1010,8 +1011,6 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         PickleRefusedError: the file holds Python objects beyond tensors (it would need full unpickling).
         CheckpointError: not a readable checkpoint.
     """
-    from .loading import CheckpointError, PickleRefusedError
-
     p = Path(path)
     if p.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
@@ -1139,8 +1138,6 @@ def load_adm_prior(
         >>> prior = load_adm_prior("256x256_diffusion_uncond.pt", dtype=torch.bfloat16,   # doctest: +SKIP
         ...                        gradient_checkpointing=True, device="cuda")
     """
-    from .loading import CheckpointError
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"ADM checkpoint {p} does not exist")
