@@ -27,6 +27,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def run_pair(spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: 
         for N in grid["N"]:
             best = None
             for f in LR_FACTORS:
-                m = base.with_(steps=K, inner_steps=N, lr=base.lr * f)
+                m = replace(base, steps=K, inner_steps=N, lr=base.lr * f)
                 r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, f"NDTM K={K} N={N}", m.config())
                 r["lr"] = m.lr
                 log(

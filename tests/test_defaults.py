@@ -3,6 +3,7 @@ warning, tolerance / in_fiber and resampling of misses."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import warnings
 
@@ -81,7 +82,9 @@ def test_resolution_per_prior():
     assert isinstance(m, fs.NDTM) and m.lr == 0.1 and how["source"] == "given" and not m.open_settings
     m, how = resolve_method(fs.NDTM.preset("builtin-fashion"), gauss)
     assert how["preset"] == "builtin-fashion" and m == fs.NDTM.preset("builtin-fashion")
-    assert fs.NDTM(steps=5).with_(lr=0.3).open_settings == fs.NDTM().open_settings - {"steps", "lr"}
+    assert fs.NDTM(steps=5).open_settings == fs.NDTM().open_settings - {"steps"}
+    copy = dataclasses.replace(fs.NDTM(steps=5), lr=0.3)  # every setting passed: none left open, NDTM's defaults
+    assert not copy.open_settings and (copy.steps, copy.lr, copy.inner_steps) == (5, 0.3, fs.NDTM().inner_steps)
     assert resolve_method(fs.DPS(steps=5), gauss)[1]["source"] == "given"
     flow = fs.GaussianPrior(dim=2, schedule=fs.FlowSchedule())
     assert resolve_method(None, flow)[0].sampler == "euler"

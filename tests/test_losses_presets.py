@@ -1,13 +1,16 @@
-"""Fiber losses (per sample, known values) and the paper's presets (values of method.md §1.5)."""
+"""Fiber losses (per sample, known values) and what the NDTM presets mean (their values: guidance/presets.py)."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 
 import pytest
 import torch
 
 import fiberscope as fs
+from fiberscope.guidance.presets import PRESETS
 from fiberscope.losses import LOSSES, fiber_loss
 
 
@@ -47,37 +50,76 @@ def test_l2_gradient_is_finite_at_zero():
     assert torch.isfinite(x.grad).all()
 
 
-def test_paper_presets_hold_the_reference_values():
-    im = fs.NDTM.preset("paper-imagenet-dinov2")
-    assert (im.steps, im.inner_steps, im.lr, im.lr_schedule) == (200, 5, 2e-3, "linear")
-    assert im.sampler == "ancestral" and im.ancestral_rescaled and im.variance == "learned_range"
-    assert im.per_timestep_target and im.output == "x0" and im.loss == "l2_per_token"
-    assert (im.w_control, im.w_score, im.w_terminal) == ("zero", "zero", 1.0)
-    # the first anchor holding t wins: t = 800 belongs to (0, 0, 1000, 800), t = 600 to (3, 3, 800, 600)
-    assert [im.gamma_at(t) for t in (900, 800, 700, 600, 500)] == pytest.approx(
-        [0, 0, 3, 3, 0.5 + 0.25 * (1 + math.cos(math.pi / 4))]
-    )
-    assert im.gamma_at(200) == pytest.approx(0.5) and im.gamma_at(0) == pytest.approx(10)
-    assert im.gamma_at(100) == pytest.approx(10 + 0.5 * (2 - 10) * (1 + math.cos(math.pi * 100 / 200)))  # = 6
-    cx = fs.NDTM.preset("paper-chexpert")
-    assert (cx.steps, cx.inner_steps, cx.sampler, cx.eta, cx.variance, cx.output) == (
-        100,
-        4,
-        "ddim",
-        0.5,
-        "large",
-        "state",
-    )
-    assert cx.gamma_at(600) == 0 and cx.gamma_at(0) == pytest.approx(10) and cx.per_timestep_target
-    assert cx.reference_ddim and not im.reference_ddim
-    cm = fs.NDTM.preset("paper-colormnist")
-    assert (cm.steps, cm.inner_steps, cm.lr, cm.eta, cm.w_control, cm.clip) == (200, 10, 2e-2, 0.25, 3e-4, (-5.0, 5.0))
-    assert cm.gamma_at(600) == 0 and cm.gamma_at(400) == 5 and not cm.per_timestep_target
-    assert fs.NDTM.preset("paper-colormnist", gamma=10).gamma_at(499) == 10
-    assert fs.NDTM.preset("paper-chexpert", steps=50).steps == 50
+# ---- presets: what they mean, not what they hold (the values themselves: guidance/presets.py) ----
+def test_presets_hold_only_what_differs_from_the_defaults():
+    """A preset lists only the settings it changes; every other setting is NDTM's default."""
+    defaults = {k: json.dumps(v) for k, v in fs.NDTM().config().items()}
+    for name, p in PRESETS.items():
+        for k, v in p["settings"].items():
+            assert json.dumps(v) != defaults[k], f"{name}: {k}={v!r} restates NDTM's default"
+        built = fs.NDTM.preset(name).config()
+        assert {k for k, v in built.items() if json.dumps(v) != defaults[k]} == set(p["settings"]) - {"method"}
+    assert fs.NDTM.preset("builtin-mnist") == fs.NDTM.preset("builtin-fashion")  # one setting, two names
+
+
+def test_paper_presets_reproduce_the_reference_code():
+    """Every paper-* preset takes the reference code's branches (docs/method.md): its terminal cost's
+    reduction, and the rescaled ancestral schedule (valid at its K on a linear-β prior with T = 1000, as
+    the paper's) or the reference's DDIM branch; a per-timestep target is always clipped."""
+    linear = fs.GaussianPrior(dim=2)
+    papers = [n for n in PRESETS if n.startswith("paper-")]
+    assert len(papers) == 8
+    for name in papers:
+        m = fs.NDTM.preset(name)
+        assert m.loss == "l2_per_token", name
+        if m.sampler == "ancestral":
+            assert m.ancestral_rescaled and float(m.rule.rescaled_betas(linear, m.steps).max()) < 1, name
+        else:
+            assert m.sampler == "ddim" and m.reference_ddim, name
+        assert not m.per_timestep_target or m.clip is not None, name
+
+
+def test_every_preset_anchors_cover_the_whole_trajectory():
+    """γ anchors run from t = 1000 to 0 without gaps, so no step falls outside every anchor."""
+    for name in PRESETS:
+        anchors = sorted(fs.NDTM.preset(name).gamma, key=lambda a: -a[2])
+        assert anchors[0][2] == 1000 and anchors[-1][3] == 0, name
+        assert all(a[3] == b[2] for a, b in itertools.pairwise(anchors)), name
+
+
+def test_constant_gamma_presets_take_a_level():
+    """``gamma=<number>`` on a preset with ``gamma_start`` sets the level after the start: its own level
+    gives the preset back, another level changes only the level."""
+    grid = range(0, 1001, 10)
+    constant = {n: p["gamma_start"] for n, p in PRESETS.items() if p.get("gamma_start") is not None}
+    assert set(constant) == {"builtin-colormnist", "paper-colormnist", "paper-htru2"}
+    for name, start in constant.items():
+        m = fs.NDTM.preset(name)
+        level = m.gamma_at(0)
+        assert level > 0 and all(m.gamma_at(t) == (level if t < start else 0) for t in grid), name
+        assert [fs.NDTM.preset(name, gamma=level).gamma_at(t) for t in grid] == [m.gamma_at(t) for t in grid]
+        assert fs.NDTM.preset(name, gamma=2 * level).gamma_at(start - 1) == 2 * level
+    # other presets take the number as a constant γ from the start
+    assert fs.NDTM.preset("paper-chexpert", gamma=3).gamma_at(900) == 3
+
+
+def test_zoo_presets_sample_with_their_priors_rule():
+    """Each zoo prior's registered preset exists and uses the update rule the prior samples with."""
+    from fiberscope.zoo.registry import ZOO
+
+    priors = [e for e in ZOO.values() if e.kind == "prior"]
+    assert priors and all(e.preset in PRESETS for e in priors)
+    for e in priors:
+        assert fs.NDTM.preset(e.preset).sampler == e.sampling["sampler"], e.name
 
 
 def test_gamma_anchor_semantics():
+    # the first anchor holding t wins: NDTM's default ramp is 0 at t = 800 and 3 at t = 600
+    d = fs.NDTM()
+    assert [d.gamma_at(t) for t in (900, 800, 700, 600, 500)] == pytest.approx(
+        [0, 0, 3, 3, 0.5 + 0.25 * (1 + math.cos(math.pi / 4))]
+    )
+    assert d.gamma_at(200) == pytest.approx(0.5) and d.gamma_at(100) == pytest.approx(6) and d.gamma_at(0) == 10
     m = fs.NDTM(gamma=[(0, 4, 1000, 0)])
     assert m.gamma_at(1000) == 0 and m.gamma_at(0) == pytest.approx(4) and m.gamma_at(500) == pytest.approx(2)
     assert fs.NDTM(gamma=lambda t: t / 1000).gamma_at(250) == 0.25

@@ -8,6 +8,7 @@ it was resolved. Analytic priors keep every test exact and fast.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -137,6 +138,36 @@ def test_ddim_score_weight_pinned_value():
     assert ndtm_weight("ddpm", "score", sch, 0, None) == pytest.approx(1e-4 / (1 - 1e-4), rel=1e-9)
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_weights_at_pure_noise_are_the_change_of_the_steps_mean(eta):
+    """At ᾱ_t = 0 (a flow's first step) τ‖Δε̂‖² + κγ²‖Δx‖² is exactly the squared change of the step's mean.
+
+    The formulas divide by zero there; the weights are the limits ``ndtm_weight`` documents:
+    DDIM τ = (1 − η²)(1 − ᾱ_s), κ = 0; DDPM (one-step and strided β) τ = κ = 0. The exact denoiser of
+    a Gaussian shows why: at pure noise x̂0 is the data mean whatever x, and ε̂ = x.
+    """
+    prior = fs.GaussianPrior(shape=(1, 2, 2), mean=0.3, std=0.5, schedule=fs.FlowSchedule())
+    t, s = prior.schedule.grid(6)[:2]  # 1000 (σ = 1) → 833.3
+    ab_s = (1 / 6) ** 2 / ((1 / 6) ** 2 + (5 / 6) ** 2)  # = 1/26
+    kappa, tau = fs.NDTM(w_control="ddim", w_score="ddim", eta=eta).step_weights(prior, t, s)
+    assert (kappa, tau) == pytest.approx((0.0, (1 - eta**2) * (1 - ab_s)), rel=1e-12, abs=1e-15)
+    for scheme in ("ddpm", "ddpm_strided"):
+        assert fs.NDTM(w_control=scheme, w_score=scheme).step_weights(prior, t, s) == (0.0, 0.0)
+    # the step's mean moved by a control Δx, in VP units as the weights are (the flow state at s
+    # divided by its scale √(α_s² + σ_s²); 1 at t), against the weighted NDTM terms
+    g = torch.Generator().manual_seed(0)
+    x, dx = torch.randn(2, 1, 2, 2, generator=g), 0.1 * torch.randn(2, 1, 2, 2, generator=g)
+    ts, ss = [tuple(v.float() for v in prior.schedule.alpha_sigma(u)) for u in (t, s)]
+    scale_s = (ss[0] ** 2 + ss[1] ** 2).sqrt()
+    for sampler, scheme in (("ddim", "ddim"), ("ancestral", "ddpm"), ("ancestral", "ddpm_strided")):
+        rule = StepRule(sampler, eta)
+        d0, d1 = prior.denoise(x, t), prior.denoise(x + dx, t)
+        moved = (rule.step(x + dx, d1.x0, d1, ts, ss, None) - rule.step(x, d0.x0, d0, ts, ss, None)) / scale_s
+        kappa, tau = fs.NDTM(w_control=scheme, w_score=scheme, eta=eta).step_weights(prior, t, s)
+        weighted = tau * (d1.eps - d0.eps).flatten(1).pow(2).sum(1) + kappa * dx.flatten(1).pow(2).sum(1)
+        torch.testing.assert_close(moved.flatten(1).pow(2).sum(1), weighted, atol=1e-6, rtol=1e-5)
+
+
 # ---- the rescaled ancestral branch --------------------------------------------------------------
 def test_ancestral_rescaled_reads_the_priors_beta_range_and_T():
     prior = fs.GaussianPrior(dim=2, schedule=fs.VPSchedule.linear(500, 2e-4, 0.04))
@@ -225,7 +256,7 @@ def test_last_ddim_step_noise_under_reference_ddim(variance):
     if variance == "large":
         assert float((traj.sample - traj.x0).abs().max()) > 1e-3
     # fiberscope's default: no noise on the last step
-    plain, _ = _run(m.with_(reference_ddim=False))
+    plain, _ = _run(dataclasses.replace(m, reference_ddim=False))
     assert torch.equal(plain.sample, plain.x0)
 
 
@@ -240,7 +271,7 @@ def test_l2_per_token_is_the_references_reduction():
     assert torch.allclose(
         fiber_loss(flat, torch.zeros(1, 2), "l2_per_token"), fiber_loss(flat, torch.zeros(1, 2), "l2")
     )
-    for name in fs.guidance.ndtm.PRESETS:
+    for name in fs.guidance.PRESETS:
         if name.startswith("paper-"):
             assert fs.NDTM.preset(name).loss == "l2_per_token", name
 
@@ -280,7 +311,7 @@ def test_random_control_init_draws_every_step_after_the_target_noise():
     want = _manual_unguided(prior, obj, SampleNoise([7, 8]), m, lambda i, nz, x: nz.randn_like(x))
     assert torch.allclose(traj.x, want, atol=1e-6)
     # a zero control would have given another trajectory
-    zero, _ = _run(m.with_(init_control="zero"), seeds=(7, 8))
+    zero, _ = _run(dataclasses.replace(m, init_control="zero"), seeds=(7, 8))
     assert float((zero.x - traj.x).abs().max()) > 0.1
 
 
@@ -402,5 +433,6 @@ def test_clip_before_decode_and_what_is_returned():
     assert len(seen) == 8 * 2 and max(seen) <= 0.5  # every inner iteration decodes a clipped x̂0
     assert torch.equal(traj.sample, last["x0"]) and float(traj.sample.abs().max()) <= 0.5
     noise = SampleNoise([1])
-    state = m.with_(output="state").run(latent, objective, m.initial_state(latent, objective, noise), noise)
+    as_state = dataclasses.replace(m, output="state")
+    state = as_state.run(latent, objective, m.initial_state(latent, objective, noise), noise)
     assert torch.equal(state.sample, state.x) and torch.allclose(state.x0, traj.x0)

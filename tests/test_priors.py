@@ -7,7 +7,9 @@ import torch
 
 import fiberscope as fs
 from conftest import tiny_unet
-from fiberscope.priors.steps import ancestral_step, ddim_step, euler_step, flow_stochastic_step
+from fiberscope.guidance import StepRule
+from fiberscope.priors import Denoised
+from fiberscope.priors.steps import ancestral_step, ddim_step
 
 
 def _ddpm_sched(**kw):
@@ -68,7 +70,8 @@ def test_ancestral_step_matches_ddpm_scheduler(variance):
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_euler_step_matches_flow_match_scheduler():
+def test_euler_rule_matches_flow_match_scheduler():
+    """The Euler rule (DDIM at η = 0 on the flow interpolant) is diffusers' flow-matching Euler step."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
@@ -80,11 +83,12 @@ def test_euler_step_matches_flow_match_scheduler():
     ref._step_index = 2
     out = ref.step(v, t, x).prev_sample
     s_t, s_s = sch.sigmas[2], sch.sigmas[3]
-    assert torch.allclose(euler_step(x, v, s_t, s_s), out, atol=1e-5)
-    # the DDIM step with eta=0 on the flow interpolant is the same Euler step
     x0, eps = x - s_t * v, x + (1 - s_t) * v
     assert torch.allclose(ddim_step(x0, eps, 1 - s_t, s_t, 1 - s_s, s_s, 0.0), out, atol=1e-5)
-    assert torch.allclose(flow_stochastic_step(x0, eps, 1 - s_s, s_s, 0.0, None), out, atol=1e-5)
+    # the rule the samplers use: StepRule("euler") ignores η and draws no noise
+    rule = StepRule("euler", eta=1.0)
+    got = rule.step(x, x0, Denoised(x0, eps), (1 - s_t, s_t), (1 - s_s, s_s), fs.SampleNoise([0, 1]))
+    assert torch.allclose(got, out, atol=1e-5)
 
 
 @pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])

@@ -387,11 +387,11 @@ class TrainedBaseline(GuidanceMethod):
         prior: Prior,
         objective: FiberObjective,
         x_init: torch.Tensor,
-        generator: SampleNoise,
+        noise: SampleNoise,
         callback: StepCallback | None = None,
     ) -> Trajectory:
         model = self.load().to(x_init.device)
-        b = len(generator)
+        b = len(noise)
         if model.condition == "features":
             self._check_subject(model, objective)
             cond = objective.target.float()
@@ -411,7 +411,7 @@ class TrainedBaseline(GuidanceMethod):
             cond = cond.expand(b, *cond.shape[1:])
         samples, evals = model.sample(
             cond.to(x_init.device),
-            generator,
+            noise,
             steps=self.steps,
             temperature=float(self.temperature),
             guidance_scale=self.guidance_scale,

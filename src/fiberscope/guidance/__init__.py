@@ -1,8 +1,9 @@
-"""Guidance methods, one signature for all: ``method.run(prior, objective, x_init, generator, callback)``.
+"""Guidance methods, one signature for all: ``method.run(prior, objective, x_init, noise, callback)``.
 
 NDTM (the paper's method), the training-free baselines it is compared with (DPS, FreeDoM, UGD, MPGD,
 TFG — one unified loop, :mod:`fiberscope.guidance.tfg`), prior-free pixel optimisation, and plain
-unguided sampling.
+unguided sampling. The settings several methods share, one Adam step and the clip range live in
+:mod:`~fiberscope.guidance.base`; NDTM's presets in :mod:`~fiberscope.guidance.presets`.
 """
 
 from .auto import AutoNDTM, NotGuidedWarning
@@ -10,8 +11,9 @@ from .base import FiberObjective, GuidanceError, GuidanceMethod, SampleNoise, St
 from .dps import DPS
 from .freedom import FreeDoM
 from .mpgd import MPGD
-from .ndtm import NDTM, PRESETS, parse_gamma
+from .ndtm import NDTM, parse_gamma
 from .pixel_opt import PixelOptimization
+from .presets import PRESETS
 from .tfg import TFG, TrainingFreeGuidance
 from .ugd import UGD
 from .unguided import Unguided

@@ -282,7 +282,7 @@ def resolve_method(method: GuidanceMethod | None, prior: Any) -> tuple[GuidanceM
         return out, {"source": "preset", "preset": preset, "given": sorted(given)}
     if set(given) <= set(SHARED_SETTINGS):
         return scale_free_default(prior, **given), {"source": "scale-free", "preset": None, "given": sorted(given)}
-    full = method.with_()
+    full = replace(method)
     full._given = frozenset(f.name for f in fields(full))
     return full, {"source": "given", "preset": None, "given": sorted(given)}
 

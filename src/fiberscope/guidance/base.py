@@ -1,37 +1,85 @@
-"""What every guidance method shares: the fiber objective, per-sample noise, the update rule.
+"""What every guidance method shares: the fiber objective, per-sample noise, the update rule, the
+settings several methods have (declared and checked once), one Adam step and one clip range.
 
 One signature for all methods (NDTM, the training-free baselines, plain sampling)::
 
-    method.run(prior, objective, x_init, generator, callback) -> Trajectory
+    method.run(prior, objective, x_init, noise, callback) -> Trajectory
 
-``generator`` is a :class:`SampleNoise`: one ``torch.Generator`` per sample, so sample ``i``
-draws the same noise whether it runs alone or in a batch of 8. Network calls are counted by the
-prior and subject themselves (see :class:`~fiberscope.priors.CallCounter`).
+``noise`` is a :class:`SampleNoise`: one ``torch.Generator`` per sample, so sample ``i`` draws the
+same noise whether it runs alone or in a batch of 8 (the keyword was ``generator`` before; it still
+works, with a DeprecationWarning, for one release). Network calls are counted by the prior and
+subject themselves (see :class:`~fiberscope.priors.CallCounter`).
+
+The step callback
+-----------------
+``callback(info)`` is called once per step (per Adam iteration for pixel optimisation) with a dict.
+Every method gives:
+
+=========== ====================================================================================
+key         value
+=========== ====================================================================================
+``step``    the step's index, 0 = the noisiest (the iteration for pixel optimisation)
+``t``       the step's time in the prior's native units (the iteration, as a float, for pixel
+            optimisation, which has no diffusion time)
+``x``       the state after the step ``[B, ...]``
+``x0``      the clean estimate the step used ``[B, ...]`` (the state itself for pixel optimisation)
+``cost``    the per-sample cost ``[B]`` the method optimised at this step, or None where it computed
+            none (unguided steps)
+``steps``   the number of steps of the run
+=========== ====================================================================================
+
+and, by method:
+
+============================== ================================================================
+method                         extra keys
+============================== ================================================================
+NDTM                           ``gamma`` (γ(t)), ``lr`` (the control's learning rate),
+                               ``w_control`` (κ), ``w_score`` (τ)
+AutoNDTM                       ``gamma``: 1.0 on a guided step, 0.0 elsewhere
+DPS, FreeDoM, UGD, MPGD, TFG   ``rho`` (ρ_t, the x_t-gradient strength), ``mu`` (μ_t, the
+                               x0-gradient strength) of the step's plan
+PixelOptimization              ``lr`` (the iteration's learning rate)
+Unguided                       ``gamma``: 0.0 (no control)
+============================== ================================================================
+
+:func:`fiberscope.sample_fiber` adds ``batch`` (the batch's index) and cuts the per-sample tensors
+to the batch's real samples.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import GuidanceError
-from ..losses import LossFn, get_loss
+from ..losses import LOSSES, LossFn, get_loss
 from ..priors.base import Denoised, Prior
 from ..priors.steps import ancestral_step, ddim_coefficients, ddim_step
 from ..subjects.base import Subject
+from ..validation import check_method_settings
 
 __all__ = [
+    "AdamSettings",
+    "ClipSpec",
     "FiberObjective",
     "GuidanceError",
     "GuidanceMethod",
+    "LossSetting",
     "SampleNoise",
+    "SamplingSettings",
     "StepRule",
     "Trajectory",
+    "adam_step",
+    "check_clip",
+    "clip_range",
     "per_sample_clip",
 ]
 
@@ -57,6 +105,7 @@ class SampleNoise:
         return torch.stack([torch.randn(tuple(shape), generator=g) for g in self.generators]).to(self.device)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, *x.shape[1:]]`` noise, one row per generator (B = ``len(self)``, whatever ``x``'s batch)."""
         return self.randn(x.shape[1:])
 
 
@@ -64,6 +113,66 @@ def per_sample_clip(g: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Scale each sample's gradient to norm at most ``max_norm`` (the reference's ``1/(‖g‖ + 1e-6)``)."""
     n = g.flatten(1).norm(dim=1).view(-1, *([1] * (g.dim() - 1)))
     return g * torch.clamp(max_norm / (n + 1e-6), max=1.0)
+
+
+def adam_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    k: int,
+    lr: float,
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
+    """One Adam step on ``param``, in place; ``m`` and ``v`` (the moments) are updated in place too.
+
+    Element-wise, so each sample of a batch is optimised on its own. ``k`` counts the steps from 1
+    (the bias corrections). The update is ``torch.optim.Adam``'s (without weight decay), up to rounding.
+
+    Example:
+        >>> import torch
+        >>> p, m, v = torch.tensor([1.0, -2.0]), torch.zeros(2), torch.zeros(2)
+        >>> adam_step(p, torch.tensor([0.5, -4.0]), m, v, k=1, lr=0.1)   # the first step is lr·sign(grad)
+        >>> p
+        tensor([ 0.9000, -1.9000])
+    """
+    b1, b2 = betas
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = (v / (1 - b2**k)).sqrt_().add_(eps)
+    param.addcdiv_(m, denom, value=-lr / (1 - b1**k))
+
+
+#: A clip setting: ``"auto"`` (the prior's own :attr:`~fiberscope.priors.Prior.clip_range`), ``(lo, hi)``
+#: or None (no clipping).
+ClipSpec = tuple[float, float] | str | None
+
+
+def check_clip(clip: Any) -> None:
+    """Raise a one-line ValueError unless ``clip`` is ``"auto"``, None or ``(lo, hi)`` with lo < hi."""
+    if clip is None or (isinstance(clip, str) and clip == "auto"):
+        return
+    try:
+        c = tuple(float(v) for v in clip)
+    except (TypeError, ValueError):
+        c = ()
+    if len(c) != 2 or not c[0] < c[1]:
+        raise ValueError(f"clip must be 'auto', None or (lo, hi) with lo < hi, got {clip!r}")
+
+
+def clip_range(clip: ClipSpec, prior: Prior) -> tuple[float, float] | None:
+    """The range a clip setting stands for on ``prior`` (``"auto"``: the prior's own; None: no clipping).
+
+    Example:
+        >>> from fiberscope.priors import GaussianPrior
+        >>> prior = GaussianPrior(dim=2)          # unbounded data: no clip range of its own
+        >>> clip_range("auto", prior), clip_range((-5, 5), prior), clip_range(None, prior)
+        (None, (-5.0, 5.0), None)
+    """
+    if isinstance(clip, str):
+        return prior.clip_range
+    return None if clip is None else (float(clip[0]), float(clip[1]))
 
 
 class FiberObjective:
@@ -139,7 +248,9 @@ class Trajectory:
         sample: the output, in state space (``x0`` of the last step or the final state).
         x: the final state.
         x0: the last clean-data estimate.
-        loss_history: per step, the mean terminal cost over the batch after the step (if computed).
+        loss_history: per guided step, the batch mean of the cost the method optimised at that step
+            (NDTM: its whole cost C(u) at the last inner iteration; the training-free baselines: the
+            fiber loss of the step's clean estimate before the update), when the method records it.
         info: method-specific extras.
     """
 
@@ -281,10 +392,28 @@ class StepRule:
 
 
 class GuidanceMethod(ABC):
-    """Base class: a dataclass of settings with :meth:`run` and :meth:`initial_state`."""
+    """Base class: a dataclass of settings with :meth:`run`, :meth:`times` and :meth:`initial_state`.
 
-    name: str = "method"
-    needs_gradients: bool = True
+    ``steps``, ``init`` and ``strength`` are the settings the default :meth:`times` and
+    :meth:`initial_state` read; methods that walk the prior's grid get them from
+    :class:`SamplingSettings`, the others override both methods (``steps=None``: a method that
+    has no grid of its own, such as a trained baseline's default).
+    """
+
+    name: ClassVar[str] = "method"
+    needs_gradients: ClassVar[bool] = True
+    #: whether the method backpropagates through the prior (MPGD, pixel optimisation, Unguided: no)
+    needs_prior_backward: ClassVar[bool] = True
+
+    steps: int | None = None
+    init: str = "noise"
+    strength: float = 1.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and "noise" in inspect.signature(run).parameters:
+            setattr(cls, "run", _accept_generator_keyword(run))  # noqa: B010 (mypy refuses a method assignment)
 
     @abstractmethod
     def run(
@@ -292,28 +421,29 @@ class GuidanceMethod(ABC):
         prior: Prior,
         objective: FiberObjective,
         x_init: torch.Tensor,
-        generator: SampleNoise,
+        noise: SampleNoise,
         callback: StepCallback | None = None,
     ) -> Trajectory:
-        """Sample a batch from ``x_init`` (states at the first grid time)."""
+        """Sample a batch from ``x_init`` (states at the first grid time), drawing from ``noise``.
+
+        ``callback(info)`` is called after every step (the keys: see this module's docstring).
+        """
 
     def times(self, prior: Prior) -> list[float]:
-        """The time grid this method walks, noisiest first."""
-        steps = int(getattr(self, "steps", 50))
-        strength = getattr(self, "strength", None)
-        t_max = (
-            None
-            if strength is None or getattr(self, "init", "noise") == "noise"
-            else strength * (prior.schedule.num_train_timesteps - (1 if prior.schedule.kind == "vp" else 0))
-        )
-        return prior.schedule.grid(steps, t_max)
+        """The time grid this method walks, noisiest first (SDEdit: from ``strength``·T down)."""
+        if self.steps is None:
+            raise NotImplementedError(f"{type(self).__name__} has no time grid of its own: it must override times()")
+        sched = prior.schedule
+        last = sched.num_train_timesteps - (1 if sched.kind == "vp" else 0)
+        t_max = None if self.init != "sdedit" else self.strength * last
+        return sched.grid(int(self.steps), t_max)
 
     def initial_state(self, prior: Prior, objective: FiberObjective, noise: SampleNoise) -> torch.Tensor:
         """Pure noise at the first grid time, or (``init="sdedit"``) the query noised to it."""
-        shape = objective.query_state.shape[1:] if getattr(self, "init", "noise") == "sdedit" else prior.data_shape
+        if self.init != "sdedit":
+            return noise.randn(prior.data_shape)
+        shape = objective.query_state.shape[1:]
         xi = noise.randn(shape)
-        if getattr(self, "init", "noise") != "sdedit":
-            return xi
         t0 = self.times(prior)[0]
         a, s = prior.schedule.alpha_sigma(t0)
         return a.float() * objective.query_state.expand(len(noise), *shape) + s.float() * xi
@@ -325,6 +455,127 @@ class GuidanceMethod(ABC):
             v = getattr(self, f.name)
             out[f.name] = v if not callable(v) else getattr(v, "__name__", repr(v))
         return out
+
+
+def _accept_generator_keyword(run: Callable[..., Trajectory]) -> Callable[..., Trajectory]:
+    """``run(..., generator=noise)``, the argument's old name, still works for one release (with a warning)."""
+
+    @functools.wraps(run)
+    def wrapper(self: GuidanceMethod, *args: Any, **kwargs: Any) -> Trajectory:
+        if "generator" in kwargs:
+            warnings.warn(
+                f"{type(self).__name__}.run(..., generator=...) is deprecated: the argument is a SampleNoise and is "
+                "now named noise; pass noise=... or give it by position",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if "noise" in kwargs or len(args) > 3:
+                raise TypeError(f"{type(self).__name__}.run() got both noise and generator; give only noise")
+            kwargs["noise"] = kwargs.pop("generator")
+        return run(self, *args, **kwargs)
+
+    return wrapper
+
+
+# ---- settings shared by several methods (dataclass mixins: declared, documented and checked once) ----
+OUTPUTS = ("x0", "state")
+INITS = ("noise", "sdedit")
+
+
+@dataclass
+class SamplingSettings(GuidanceMethod):
+    """The base of every method that walks the prior's time grid, with the settings they share:
+    NDTM, the training-free baselines (DPS, FreeDoM, UGD, MPGD, TFG) and :class:`~fiberscope.Unguided`.
+
+    A method re-declares a field only to change its default (DPS: ``eta: float = 1.0``).
+
+    Args:
+        steps: K denoising steps on the prior's uniform grid.
+        sampler: ``"ddim"``, ``"ancestral"`` or ``"euler"`` (the flow ODE; η ignored), see :class:`StepRule`.
+        eta: DDIM stochasticity (no effect on the ancestral sampler).
+        variance: ``"small"``, ``"large"`` or ``"learned_range"``.
+        clip: clip of x̂0 in state space (:data:`ClipSpec`): ``"auto"`` takes the prior's, None disables.
+        output: ``"x0"`` (the last clean estimate) or ``"state"`` (the final state).
+        init: ``"noise"``, or ``"sdedit"``: start from the query noised to ``strength``.
+        strength: SDEdit strength in (0, 1]: the fraction of the trajectory that is re-run.
+
+    Example:
+        >>> from fiberscope import DPS, Unguided
+        >>> Unguided().eta, DPS().eta, DPS().clip
+        (0.0, 1.0, 'auto')
+        >>> DPS(output="final")
+        Traceback (most recent call last):
+        ...
+        ValueError: output must be 'x0' or 'state', got 'final'
+    """
+
+    steps: int = 100
+    sampler: str = "ddim"
+    eta: float = 0.0
+    variance: str = "small"
+    clip: ClipSpec = "auto"
+    output: str = "x0"
+    init: str = "noise"
+    strength: float = 1.0
+
+    @property
+    def rule(self) -> StepRule:
+        """The update rule these settings select."""
+        return StepRule(self.sampler, self.eta, self.variance)
+
+    def clip_range(self, prior: Prior) -> tuple[float, float] | None:
+        """The clip of x̂0 on ``prior`` (see :func:`clip_range`)."""
+        return clip_range(self.clip, prior)
+
+    def check_sampling(self) -> None:
+        """Check every setting's type and bounds (:mod:`fiberscope.validation`), the rule, clip, output and init."""
+        check_method_settings(self)
+        self.rule.validate()
+        check_clip(self.clip)
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be 'x0' or 'state', got {self.output!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be 'noise' or 'sdedit', got {self.init!r}")
+
+
+@dataclass
+class LossSetting:
+    """The fiber loss a method minimises: NDTM, the training-free baselines, pixel optimisation.
+
+    Args:
+        loss: a name in :data:`fiberscope.losses.LOSSES` (default ``"l2"``, the unsquared norm over
+            every feature dimension) or a callable ``(features, target) -> Tensor[B]``.
+    """
+
+    loss: str | LossFn = "l2"
+
+    def check_loss(self) -> None:
+        """Raise a one-line ValueError for a loss name that is not in :data:`~fiberscope.losses.LOSSES`."""
+        if isinstance(self.loss, str) and self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {self.loss!r}")
+
+
+@dataclass
+class AdamSettings:
+    """The Adam optimiser of a method's inner variable: NDTM's control, pixel optimisation's input.
+
+    Args:
+        lr: the base learning rate (each method's ``lr_schedule`` shapes it over the run).
+        adam_betas, adam_eps: Adam's β₁, β₂ and ε (torch's defaults); see :func:`adam_step`.
+    """
+
+    lr: float = 2e-3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+
+    def check_adam(self) -> None:
+        """Raise a one-line ValueError unless ``adam_betas`` holds two numbers in [0, 1) (lr, ε: validation)."""
+        try:
+            b1, b2 = (float(b) for b in self.adam_betas)
+        except (TypeError, ValueError):
+            b1 = b2 = -1.0
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
 
 
 def check_finite(value: torch.Tensor, what: str, step: int, t: float) -> None:

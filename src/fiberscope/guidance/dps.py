@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..losses import LossFn
 from ..priors.base import Prior
-from .tfg import StepPlan, Table, TrainingFreeGuidance, _check_number, validate_sampling
+from .tfg import StepPlan, Table, TrainingFreeGuidance
 
 __all__ = ["DPS"]
 
@@ -36,29 +35,15 @@ class DPS(TrainingFreeGuidance):
         steps: denoising steps (the original uses 1000 ancestral steps; ζ grows as steps shrink).
         scale: ζ, the step size on ``∇_{x_t} ℓ`` (the original ships 0.3 for its image tasks).
         sampler, eta, variance: the update rule; the default DDIM with η = 1 is DDPM-like.
-        clip: clip of x̂0 (``"auto"``: the prior's range).
-        output: ``"x0"`` (last x̂0) or ``"state"``.
+        clip, output, init, strength: :class:`~fiberscope.guidance.base.SamplingSettings`.
         loss: the fiber loss ℓ (default unsquared ``"l2"``, the original's norm).
-        init, strength: ``"noise"``, or ``"sdedit"`` from the query noised to ``strength``.
     """
 
-    steps: int = 100
     scale: float = 1.0
-    sampler: str = "ddim"
-    eta: float = 1.0
-    variance: str = "small"
-    clip: tuple[float, float] | str | None = "auto"
-    output: str = "x0"
-    loss: str | LossFn = "l2"
-    init: str = "noise"
-    strength: float = 1.0
+    eta: float = 1.0  # DPS's default for the shared setting
 
     name = "dps"
     combine = "dps"
-
-    def __post_init__(self) -> None:
-        validate_sampling(self)
-        _check_number("scale", self.scale)
 
     def plan(self, prior: Prior, times: list[float], table: Table) -> list[StepPlan]:
         return [StepPlan(rho=self.scale) for _ in times]

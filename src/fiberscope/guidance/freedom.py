@@ -24,18 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..losses import LossFn
 from ..priors.base import Prior
-from .tfg import (
-    SCHEDULES,
-    StepPlan,
-    Table,
-    TrainingFreeGuidance,
-    _check_int,
-    _check_number,
-    strength_schedule,
-    validate_sampling,
-)
+from .tfg import StepPlan, Table, TrainingFreeGuidance, check_schedule, strength_schedule
 
 __all__ = ["FreeDoM"]
 
@@ -56,37 +46,25 @@ class FreeDoM(TrainingFreeGuidance):
         clip, output, loss, init, strength: as for :class:`~fiberscope.TFG`.
     """
 
-    steps: int = 100
     scale: float = 1.0
     schedule: str = "increase"
     recur_steps: int = 2
     recur_window: tuple[float, float] = (300.0, 800.0)
     t_stop: float = 0.0
-    sampler: str = "ddim"
-    eta: float = 0.5
-    variance: str = "small"
-    clip: tuple[float, float] | str | None = "auto"
-    output: str = "x0"
-    loss: str | LossFn = "l2"
-    init: str = "noise"
-    strength: float = 1.0
+    eta: float = 0.5  # FreeDoM's default for the shared setting
 
     name = "freedom"
     combine = "tfg"
 
     def __post_init__(self) -> None:
-        validate_sampling(self)
-        _check_number("scale", self.scale)
-        _check_int("recur_steps", self.recur_steps, 1)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        super().__post_init__()
+        check_schedule("schedule", self.schedule)
         try:
             lo, hi = (float(v) for v in self.recur_window)
         except (TypeError, ValueError):
             lo, hi = 1.0, 0.0
         if not lo <= hi:
             raise ValueError(f"recur_window must be (t_lo, t_hi) with t_lo ≤ t_hi, got {self.recur_window!r}")
-        _check_number("t_stop", self.t_stop)
 
     def recurrences(self, t: float) -> int:
         """R_t: how many times the step at time ``t`` is taken."""

@@ -20,18 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..losses import LossFn
 from ..priors.base import Prior
-from .tfg import (
-    SCHEDULES,
-    StepPlan,
-    Table,
-    TrainingFreeGuidance,
-    _check_int,
-    _check_number,
-    strength_schedule,
-    validate_sampling,
-)
+from .tfg import StepPlan, Table, TrainingFreeGuidance, check_schedule, strength_schedule
 
 __all__ = ["MPGD"]
 
@@ -47,34 +37,22 @@ class MPGD(TrainingFreeGuidance):
         schedule: ``"increase"`` (TFG's default), ``"decrease"`` or ``"constant"``.
         sampler, eta, variance: the update rule (the original: DDIM, η = 0.5).
         clip: clip of x̂0 and of every x0 iterate (``"auto"``: the prior's range).
-        output: ``"x0"`` or ``"state"``.
+        output, init, strength: :class:`~fiberscope.guidance.base.SamplingSettings`.
         loss: the fiber loss ℓ (default unsquared ``"l2"``).
-        init, strength: ``"noise"`` or ``"sdedit"``.
     """
 
-    steps: int = 100
     scale: float = 1.0
     iter_steps: int = 1
     schedule: str = "increase"
-    sampler: str = "ddim"
-    eta: float = 0.5
-    variance: str = "small"
-    clip: tuple[float, float] | str | None = "auto"
-    output: str = "x0"
-    loss: str | LossFn = "l2"
-    init: str = "noise"
-    strength: float = 1.0
+    eta: float = 0.5  # MPGD's default for the shared setting
 
     name = "mpgd"
     combine = "tfg"
     needs_prior_backward = False
 
     def __post_init__(self) -> None:
-        validate_sampling(self)
-        _check_number("scale", self.scale)
-        _check_int("iter_steps", self.iter_steps, 1)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        super().__post_init__()
+        check_schedule("schedule", self.schedule)
 
     def plan(self, prior: Prior, times: list[float], table: Table) -> list[StepPlan]:
         return [StepPlan(mu=self.scale * w) for w in strength_schedule(self.schedule, table)]

@@ -23,30 +23,34 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
-from ..losses import LossFn
 from ..priors.base import Prior
-from ..priors.schedule import Schedule
-from ..validation import check_method_settings
+from ..priors.schedule import Schedule, abar
+from . import presets as _presets
 from .base import (
+    AdamSettings,
     FiberObjective,
-    GuidanceMethod,
+    LossSetting,
     SampleNoise,
+    SamplingSettings,
     StepCallback,
     StepRule,
     Trajectory,
+    adam_step,
     check_finite,
     cosine_ramp,
     per_sample_clip,
 )
 
-__all__ = ["NDTM", "PRESETS", "lr_at", "ndtm_weight", "parse_gamma"]
+__all__ = ["NDTM", "lr_at", "ndtm_weight", "parse_gamma"]
 
 Anchor = tuple[float, float, float, float]
 GammaSpec = float | int | Sequence[Sequence[float]] | Callable[[float], float]
@@ -120,8 +124,19 @@ def ndtm_weight(spec: WeightSpec, which: str, schedule: Schedule, t: float, s: f
       and c2 = √(1 − ᾱ_s − c1²) (the small-variance c1, whatever the sampler); κ = ᾱ_t/ᾱ_s.
     * a number: that number.
 
+    **Pure noise** (ᾱ_t = 0: the first step on a flow prior, where σ = 1). The ``ddpm``,
+    ``ddpm_strided`` and ``ddim`` formulas divide by zero there: they are the squared coefficients of
+    x_t and ε̂ in the step's mean written without x̂0, and both coefficients diverge as ᾱ_t → 0 while
+    their contributions cancel. What the weights stand for, the squared change of the step's mean
+    under the control, has a finite limit, because x̂0 stops depending on x_t and ε̂ → x_t; that
+    limit is the weight at ᾱ_t = 0:
+
+    * ``"ddim"``: the mean √ᾱ_s·x̂0 + c2·ε̂ changes by c2·Δε̂: τ = c2² = (1 − η²)(1 − ᾱ_s), κ = 0.
+    * ``"ddpm"``, ``"ddpm_strided"``: β = 1, and the mean √ᾱ_s·β/(1 − ᾱ_t)·x̂0 +
+      √(1 − β)(1 − ᾱ_s)/(1 − ᾱ_t)·x_t does not change at all: τ = κ = 0.
+
     Example:
-        >>> from fiberscope.priors import VPSchedule
+        >>> from fiberscope.priors import FlowSchedule, VPSchedule
         >>> sch = VPSchedule.linear()
         >>> round(ndtm_weight("ddpm", "control", sch, 780, 760), 4)      # 1/(1 − β_780)
         1.0159
@@ -129,6 +144,9 @@ def ndtm_weight(spec: WeightSpec, which: str, schedule: Schedule, t: float, s: f
         1.365
         >>> ndtm_weight("ones", "score", sch, 780, 760), ndtm_weight("ones", "control", sch, 780, 760)
         (2e-05, 0.0001)
+        >>> flow = FlowSchedule()                                           # t = 1000 is pure noise
+        >>> round(ndtm_weight("ddim", "score", flow, 1000, 500), 9), ndtm_weight("ddpm", "control", flow, 1000, 500)
+        (0.5, 0.0)
     """
     if isinstance(spec, bool) or not (isinstance(spec, (int, float)) or spec in WEIGHT_SCHEMES):
         raise ValueError(f"weight scheme must be one of {WEIGHT_SCHEMES} or a number, got {spec!r}")
@@ -139,9 +157,11 @@ def ndtm_weight(spec: WeightSpec, which: str, schedule: Schedule, t: float, s: f
         return 0.0
     if spec == "ones":
         return ONES_SCORE if score else ONES_CONTROL
-    ab_t = float(schedule.abar(t))
-    ab_s = float(schedule.abar(s))
+    ab_t = float(abar(*schedule.alpha_sigma(t)))
+    ab_s = float(abar(*schedule.alpha_sigma(s)))
     if spec in ("ddpm", "ddpm_strided"):
+        if ab_t <= 0:  # pure noise: β = 1 and the step's mean does not depend on x_t (see above)
+            return 0.0
         beta = float(schedule.beta(t)) if spec == "ddpm" else 1 - ab_t / ab_s
         if score:
             return beta**2 / ((1 - beta) * (1 - ab_t)) if ab_t < 1 else 0.0
@@ -153,7 +173,7 @@ def ndtm_weight(spec: WeightSpec, which: str, schedule: Schedule, t: float, s: f
         return 0.0
     c1 = eta * math.sqrt(max(1 - ab_t / ab_s, 0.0) * (1 - ab_s) / (1 - ab_t))
     c2 = math.sqrt(max(1 - ab_s - c1 * c1, 0.0))
-    c2p = math.sqrt(ab_s * (1 - ab_t) / ab_t)
+    c2p = math.sqrt(ab_s * (1 - ab_t) / ab_t) if ab_t > 0 else 0.0  # pure noise: x̂0 does not move (see above)
     return (c2 - c2p) ** 2
 
 
@@ -178,8 +198,12 @@ def lr_at(schedule: str, lr: float, i: int, steps: int) -> float:
 
 
 @dataclass
-class NDTM(GuidanceMethod):
+class NDTM(AdamSettings, LossSetting, SamplingSettings):
     """Non-linear diffusion trajectory matching (Pandey et al. 2025), as the fiber paper runs it.
+
+    Settings are keyword arguments (``steps`` may also come first by position). Those NDTM shares
+    with other methods are declared in :mod:`fiberscope.guidance.base` (:class:`SamplingSettings`,
+    :class:`LossSetting`, :class:`AdamSettings`) and described here as NDTM uses them.
 
     Args:
         steps: K denoising steps on the prior's uniform grid.
@@ -218,13 +242,11 @@ class NDTM(GuidanceMethod):
         strength: SDEdit strength in (0, 1]: the fraction of the trajectory that is re-run.
         grad_clip: per-sample gradient norm clip (None: off).
         adam_betas, adam_eps: Adam settings (torch defaults).
-        track_loss: record the batch-mean terminal cost after every step (costs no extra network
-            call: it is the cost of the last inner iteration).
+        track_loss: record, after every guided step, the batch mean of the whole cost C(u) at the
+            last inner iteration (no extra network call).
     """
 
-    steps: int = 100
     inner_steps: int = 5
-    lr: float = 2e-3
     lr_schedule: str = "linear"
     gamma: GammaSpec = field(
         default_factory=lambda: [
@@ -238,19 +260,9 @@ class NDTM(GuidanceMethod):
     w_terminal: float = 1.0
     w_control: WeightSpec = "zero"
     w_score: WeightSpec = "zero"
-    loss: str | LossFn = "l2"
     per_timestep_target: bool = False
-    sampler: str = "ddim"
-    eta: float = 0.0
-    variance: str = "small"
     ancestral_rescaled: bool = False
-    clip: tuple[float, float] | str | None = "auto"
-    output: str = "x0"
-    init: str = "noise"
-    strength: float = 1.0
     grad_clip: float | None = 1.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
     track_loss: bool = True
     init_control: str = "zero"
     reference_ddim: bool = False
@@ -261,7 +273,9 @@ class NDTM(GuidanceMethod):
         # the settings given explicitly: the constructor records them (every one, until it has)
         self._given: frozenset[str] = frozenset(f.name for f in fields(self))
         self._preset: str | None = None
-        check_method_settings(self)  # types and bounds of steps, inner_steps, lr, gamma, eta, ... (one layer)
+        self.check_sampling()  # types and bounds of every number (one layer), the rule, clip, output, init
+        self.check_loss()
+        self.check_adam()
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"lr_schedule must be one of {LR_SCHEDULES} (the reference's 'const' is 'constant', its 'cos' is "
@@ -279,19 +293,6 @@ class NDTM(GuidanceMethod):
                 f"warm_start=True is init_control='causal_zero' and contradicts init_control={self.init_control!r}; "
                 "give only init_control"
             )
-        if self.output not in ("x0", "state"):
-            raise ValueError(f"output must be 'x0' or 'state', got {self.output!r}")
-        if self.init not in ("noise", "sdedit"):
-            raise ValueError(f"init must be 'noise' or 'sdedit', got {self.init!r}")
-        if not 0 < self.strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
-        if not (isinstance(self.clip, str) and self.clip == "auto") and self.clip is not None:
-            c = tuple(float(v) for v in self.clip)
-            if len(c) != 2 or not c[0] < c[1]:
-                raise ValueError(f"clip must be 'auto', None or (lo, hi) with lo < hi, got {self.clip!r}")
-        self.rule.validate()
 
     # ---- helpers ------------------------------------------------------------------------------
     @property
@@ -327,24 +328,21 @@ class NDTM(GuidanceMethod):
             ndtm_weight(self.w_score, "score", prior.schedule, t, s, eta),
         )
 
-    def clip_range(self, prior: Prior) -> tuple[float, float] | None:
-        if isinstance(self.clip, str):
-            return prior.clip_range
-        return None if self.clip is None else (float(self.clip[0]), float(self.clip[1]))
-
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> NDTM:
-        """A configuration of the paper's reference scripts (see :data:`PRESETS`), with overrides.
+        """A preset (:data:`fiberscope.guidance.presets.PRESETS`: the paper's reference scripts and the
+        zoo's settings), with overrides; every setting a preset does not change is NDTM's default.
 
         ``gamma=<number>`` on the constant-γ presets (colour MNIST, HTRU2) sets the level after
         the guidance start instead of replacing the anchors.
         """
-        if name not in PRESETS:
-            raise ValueError(f"unknown NDTM preset {name!r}; available: {sorted(PRESETS)}")
-        kw = dict(PRESETS[name]["settings"])
+        table = _presets.PRESETS
+        if name not in table:
+            raise ValueError(f"unknown NDTM preset {name!r}; available: {sorted(table)}")
+        kw = copy.deepcopy(table[name]["settings"])  # each NDTM owns its γ anchors
         g = overrides.pop("gamma", None)
         if g is not None:
-            start = PRESETS[name].get("gamma_start")
+            start = table[name].get("gamma_start")
             if start is not None and isinstance(g, (int, float)):
                 g = [(0.0, 0.0, 1000.0, float(start)), (float(g), float(g), float(start), 0.0)]
             kw["gamma"] = g
@@ -357,18 +355,20 @@ class NDTM(GuidanceMethod):
         out._preset = name
         return out
 
-    def with_(self, **changes: Any) -> NDTM:
-        """A copy with some settings changed (settings left open stay open, see :attr:`open_settings`)."""
-        out = replace(self, **changes)
-        out._given = self._given | frozenset(changes)
-        return out
-
     @property
     def open_settings(self) -> frozenset[str]:
         """The settings neither given to the constructor nor taken from a preset.
 
         ``NDTM()`` leaves every setting open: :func:`fiberscope.guidance.auto.resolve_method` fills
-        them from the prior's registered preset, or uses the scale-free :class:`AutoNDTM`.
+        them from the prior's registered preset, or uses the scale-free :class:`AutoNDTM`. A copy
+        made with ``dataclasses.replace(m, **changes)`` passes every setting to the constructor, so
+        it leaves none open: where ``m`` left a setting open, the copy has NDTM's own default (resolve
+        ``m`` first, with :func:`~fiberscope.guidance.auto.resolve_method`, to keep a prior's preset).
+
+        Example:
+            >>> from dataclasses import replace
+            >>> sorted(NDTM(steps=20).open_settings)[:3], replace(NDTM(steps=20), lr=0.1).open_settings
+            (['adam_betas', 'adam_eps', 'ancestral_rescaled'], frozenset())
         """
         return frozenset(f.name for f in fields(self)) - self._given
 
@@ -378,19 +378,18 @@ class NDTM(GuidanceMethod):
         prior: Prior,
         objective: FiberObjective,
         x_init: torch.Tensor,
-        generator: SampleNoise,
+        noise: SampleNoise,
         callback: StepCallback | None = None,
     ) -> Trajectory:
         if self.open_settings:  # NDTM() with settings left open: the prior's preset or the scale-free default
             from .auto import resolve_method
 
-            return resolve_method(self, prior)[0].run(prior, objective, x_init, generator, callback)
+            return resolve_method(self, prior)[0].run(prior, objective, x_init, noise, callback)
         times = self.times(prior)
         K = len(times)
         rule = self.rule
         table = rule.prepare(prior, times)
         clip = self.clip_range(prior)
-        b1, b2 = self.adam_betas
         init_control = self.control_init
         x = x_init.float()
         u: torch.Tensor | None = None  # the control; None stands for zero
@@ -406,11 +405,11 @@ class NDTM(GuidanceMethod):
             s_time = times[i + 1] if i + 1 < K else None
             # the reference's order of random draws within a step: target noise, control, update
             if self.per_timestep_target:
-                y = objective.target_at(t, generator, clip, _tweedie)
+                y = objective.target_at(t, noise, clip, _tweedie)
             else:
                 y = objective.target
             if init_control == "random" or (init_control == "causal_random" and i == 0):
-                u = generator.randn_like(x)
+                u = noise.randn_like(x)
             elif init_control == "zero":
                 u = None
             g = self.gamma_at(t)
@@ -444,11 +443,7 @@ class NDTM(GuidanceMethod):
                     check_finite(grad, "the control gradient", i, t)
                     if self.grad_clip is not None:
                         grad = per_sample_clip(grad, self.grad_clip)
-                    # Adam, element-wise, so every sample is optimised independently
-                    m.mul_(b1).add_(grad, alpha=1 - b1)
-                    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                    denom = (v / (1 - b2**k)).sqrt_().add_(self.adam_eps)
-                    u.addcdiv_(m, denom, value=-lr / (1 - b1**k))
+                    adam_step(u, grad, m, v, k, lr, self.adam_betas, self.adam_eps)  # element-wise: per sample
                     last_cost = cost.detach()
             # the prior step is taken from x + γu (a random initial control moves x even when N = 0)
             xc = x + g * u if (g > 0 and u is not None) else x
@@ -457,7 +452,7 @@ class NDTM(GuidanceMethod):
                 x0 = rule.tweedie(prior, d, xc, a_t, s_t)
                 if clip is not None:
                     x0 = x0.clamp(*clip)
-                x = rule.step(xc, x0, d, ts, ss, generator)
+                x = rule.step(xc, x0, d, ts, ss, noise)
             check_finite(x, "the state", i, t)
             if self.track_loss and last_cost is not None:
                 history.append(float(last_cost.mean()))
@@ -484,257 +479,26 @@ _dataclass_init = NDTM.__init__
 
 
 def _init_recording_given(self: NDTM, *args: Any, **kwargs: Any) -> None:
+    if len(args) > 1:  # the shared settings come first in the field order, which differs from NDTM's older one
+        raise TypeError(
+            f"NDTM takes its settings as keyword arguments (only steps may come by position), got {len(args)} "
+            "positional arguments: write e.g. NDTM(steps=50, inner_steps=3, lr=0.05)"
+        )
     _dataclass_init(self, *args, **kwargs)
-    names = [f.name for f in fields(NDTM)]
-    self._given = frozenset(names[: len(args)]) | frozenset(kwargs)
+    self._given = frozenset(["steps"] if args else []) | frozenset(kwargs)
 
 
 NDTM.__init__ = _init_recording_given  # type: ignore[method-assign]
 NDTM.__init__.__doc__ = _dataclass_init.__doc__
 
 
-# The reference scripts' settings (method.md §1.5). Noisier-first anchors in DDPM time.
-# The "builtin-*" presets are fiberscope's own, tuned for the zoo's small priors (see docs/benchmarks.md).
-# Every "paper-*" preset reproduces the reference code exactly (docs/method.md): its terminal cost is
-# "l2_per_token" (the reference's reduction; equal to "l2" on [B, D] features), the ancestral presets
-# set ancestral_rescaled and the DDIM ones reference_ddim.
-PRESETS: dict[str, dict[str, Any]] = {
-    "builtin-mnist": {
-        "doc": "fiberscope's setting for builtin:mnist-ddpm with a builtin MNIST subject (CPU budget)",
-        "settings": dict(
-            steps=50,
-            inner_steps=3,
-            lr=0.05,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 700), (2, 2, 700, 0)],
-            sampler="ddim",
-            eta=0.5,
-            variance="small",
-            w_control="zero",
-            w_score="zero",
-            per_timestep_target=False,
-            output="x0",
-            loss="l2",
-        ),
-    },
-    "builtin-fashion": {
-        "doc": "fiberscope's setting for builtin:fashion-ddpm with builtin:fashion-cnn (CPU budget)",
-        "settings": dict(
-            steps=50,
-            inner_steps=3,
-            lr=0.05,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 700), (2, 2, 700, 0)],
-            sampler="ddim",
-            eta=0.5,
-            variance="small",
-            w_control="zero",
-            w_score="zero",
-            per_timestep_target=False,
-            output="x0",
-            loss="l2",
-        ),
-    },
-    "builtin-mnist-flow": {
-        "doc": "fiberscope's setting for builtin:mnist-flow (rectified flow) with a builtin MNIST subject",
-        "settings": dict(
-            steps=40,
-            inner_steps=3,
-            lr=0.05,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 700), (2, 2, 700, 0)],
-            sampler="euler",
-            w_control="zero",
-            w_score="zero",
-            per_timestep_target=False,
-            output="x0",
-            loss="l2",
-        ),
-    },
-    "builtin-colormnist": {
-        "doc": "fiberscope's setting for builtin:colormnist-latent with builtin:colorblind-mnist",
-        "gamma_start": 500,
-        "settings": dict(
-            steps=100,
-            inner_steps=5,
-            lr=2e-2,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 500), (5, 5, 500, 0)],
-            sampler="ancestral",
-            variance="small",
-            w_control=3e-4,
-            w_score="zero",
-            per_timestep_target=False,
-            output="x0",
-            loss="l2",
-            clip=(-5.0, 5.0),
-        ),
-    },
-    "paper-imagenet-dinov2": {
-        "doc": "DINOv2 ViT-B/14 on ImageNet with the 256×256 unconditional ADM (Table 5: 273 vs NN 1225)",
-        "settings": dict(
-            steps=200,
-            inner_steps=5,
-            lr=2e-3,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 800), (3, 3, 800, 600), (1, 0.5, 600, 200), (2, 10, 200, 0)],
-            eta=0.5,
-            variance="learned_range",
-            sampler="ancestral",
-            ancestral_rescaled=True,
-            w_control="zero",
-            w_score="zero",
-            w_terminal=1.0,
-            per_timestep_target=True,
-            output="x0",
-            loss="l2_per_token",
-            clip=(-1.0, 1.0),
-        ),
-    },
-    "paper-imagenet-inception": {
-        "doc": "InceptionV3 pool3 on ImageNet (Table 5: 34.8)",
-        "settings": dict(
-            steps=200,
-            inner_steps=5,
-            lr=2e-3,
-            lr_schedule="linear",
-            gamma=[(1, 3, 1000, 800), (3, 3, 800, 600), (3, 3, 600, 400), (1, 1, 400, 200), (3, 10, 200, 0)],
-            eta=1.0,
-            variance="learned_range",
-            sampler="ancestral",
-            ancestral_rescaled=True,
-            w_control="zero",
-            w_score="zero",
-            w_terminal=1.0,
-            per_timestep_target=True,
-            output="x0",
-            loss="l2_per_token",
-            clip=(-1.0, 1.0),
-        ),
-    },
-    "paper-cue-conflict": {
-        "doc": "DINOv2 / ResNet-50 on cue-conflict stimuli (Table 5: 487 / 38.1)",
-        "settings": dict(
-            steps=200,
-            inner_steps=5,
-            lr=2e-3,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 800), (3, 3, 800, 600), (1, 0.5, 600, 200), (2, 10, 200, 0)],
-            eta=0.5,
-            variance="small",
-            sampler="ancestral",
-            ancestral_rescaled=True,
-            w_control="zero",
-            w_score="zero",
-            w_terminal=1.0,
-            per_timestep_target=True,
-            output="x0",
-            loss="l2_per_token",
-            clip=(-1.0, 1.0),
-        ),
-    },
-    "paper-chexpert": {
-        "doc": "BiomedCLIP / ConvNeXt CheXpert classifiers (5 logits; probability distance 1.1–1.6%)",
-        "settings": dict(
-            steps=100,
-            inner_steps=4,
-            lr=2e-3,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 500), (0, 10, 500, 0)],
-            eta=0.5,
-            variance="large",
-            sampler="ddim",
-            w_control="zero",
-            w_score="zero",
-            w_terminal=1.0,
-            per_timestep_target=True,
-            reference_ddim=True,
-            output="state",
-            loss="l2_per_token",
-        ),
-    },
-    "paper-qwen": {
-        "doc": "Qwen2-VL-2B vision encoder, mean-pooled patch tokens, on CheXpert (5.5 ± 3.0 vs NN 17.8)",
-        "settings": dict(
-            steps=100,
-            inner_steps=7,
-            lr=2e-3,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 600), (10, 10, 600, 200), (20, 20, 200, 0)],
-            eta=0.25,
-            variance="large",
-            sampler="ddim",
-            w_control=1e-4,
-            w_score="zero",
-            w_terminal=1.0,
-            per_timestep_target=True,
-            reference_ddim=True,
-            output="x0",
-            loss="l2_per_token",
-        ),
-    },
-    "paper-colormnist": {
-        "doc": "colour-blind subject on colour MNIST, latent prior (γ=5: RMS ≈ 0.06 at colour-KL ≈ 0.2)",
-        "gamma_start": 500,
-        "settings": dict(
-            steps=200,
-            inner_steps=10,
-            lr=2e-2,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 500), (5, 5, 500, 0)],
-            eta=0.25,
-            variance="small",
-            sampler="ancestral",
-            ancestral_rescaled=True,
-            w_control=3e-4,
-            w_score="zero",
-            w_terminal=1.0,
-            per_timestep_target=False,
-            output="x0",
-            loss="l2_per_token",
-            clip=(-5.0, 5.0),
-        ),
-    },
-    "paper-causal-mnist": {
-        "doc": "ERM vs IRM classifiers on causal MNIST (14×14, 2 channels)",
-        "settings": dict(
-            steps=200,
-            inner_steps=6,
-            lr=4e-3,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 500), (7, 20, 500, 0)],
-            eta=0.5,
-            variance="small",
-            sampler="ancestral",
-            ancestral_rescaled=True,
-            w_control=3e-4,
-            w_score="zero",
-            w_terminal=1.0,
-            per_timestep_target=False,
-            output="x0",
-            loss="l2_per_token",
-        ),
-    },
-    "paper-htru2": {
-        "doc": "HTRU2 tabular pulsar classifier (γ = 1/2/5/10: RMS 0.358/0.194/0.0705/0.028)",
-        "gamma_start": 500,
-        "settings": dict(
-            steps=200,
-            inner_steps=10,
-            lr=2e-2,
-            lr_schedule="linear",
-            gamma=[(0, 0, 1000, 500), (5, 5, 500, 0)],
-            eta=0.25,
-            variance="small",
-            sampler="ancestral",
-            ancestral_rescaled=True,
-            w_control=3e-4,
-            w_score="zero",
-            w_terminal=1.0,
-            per_timestep_target=False,
-            output="x0",
-            loss="l2_per_token",
-            clip=(-12.0, 12.0),
-        ),
-    },
-}
+def __getattr__(name: str) -> Any:
+    if name == "PRESETS":  # moved to fiberscope.guidance.presets (issue 22)
+        warnings.warn(
+            "fiberscope.guidance.ndtm.PRESETS moved to fiberscope.guidance.presets.PRESETS (also "
+            "fiberscope.guidance.PRESETS); the old path goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _presets.PRESETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

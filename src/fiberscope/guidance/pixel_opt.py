@@ -31,17 +31,28 @@ from typing import Any
 
 import torch
 
-from ..losses import LossFn
 from ..priors.base import Prior
 from ..validation import check_method_settings
-from .base import FiberObjective, GuidanceMethod, SampleNoise, StepCallback, Trajectory, check_finite
-from .tfg import _check_int, _check_number
+from .base import (
+    AdamSettings,
+    ClipSpec,
+    FiberObjective,
+    GuidanceMethod,
+    LossSetting,
+    SampleNoise,
+    StepCallback,
+    Trajectory,
+    adam_step,
+    check_clip,
+    check_finite,
+    clip_range,
+)
 
 __all__ = ["PixelOptimization"]
 
 
 @dataclass
-class PixelOptimization(GuidanceMethod):
+class PixelOptimization(LossSetting, AdamSettings, GuidanceMethod):
     """Adam on the input (pixels, or the latent of a latent prior); no prior.
 
     Args:
@@ -56,7 +67,8 @@ class PixelOptimization(GuidanceMethod):
             of a pixel prior and none for latents; None: unconstrained).
         box: how the box is kept: ``"clamp"`` (projected steps) or ``"tanh"`` (optimise an
             unconstrained ``w`` with ``x`` a scaled tanh of it).
-        adam_betas, adam_eps: Adam settings.
+        adam_betas, adam_eps: Adam settings (:class:`~fiberscope.guidance.base.AdamSettings`).
+        track_loss: record the batch-mean fiber loss of every iteration.
     """
 
     iterations: int = 500
@@ -64,41 +76,28 @@ class PixelOptimization(GuidanceMethod):
     lr_schedule: str = "cosine"
     init: str = "noise"
     init_std: float = 0.5
-    loss: str | LossFn = "l2"
-    clip: tuple[float, float] | str | None = "auto"
+    clip: ClipSpec = "auto"
     box: str = "clamp"
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
     track_loss: bool = True
 
     name = "pixel_opt"
+    needs_prior_backward = False
 
     def __post_init__(self) -> None:
-        check_method_settings(self)
-        _check_int("iterations", self.iterations, 1)
-        _check_number("lr", self.lr, strict=True)
-        _check_number("init_std", self.init_std)
+        check_method_settings(self)  # iterations, lr, init_std, adam_eps: types and bounds (one validation layer)
+        self.check_loss()
+        self.check_adam()
+        check_clip(self.clip)
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.init not in ("noise", "query"):
             raise ValueError(f"init must be 'noise' or 'query', got {self.init!r}")
-        if not (isinstance(self.clip, str) and self.clip == "auto") and self.clip is not None:
-            try:
-                c = tuple(float(v) for v in self.clip)
-            except (TypeError, ValueError):
-                c = ()
-            if len(c) != 2 or not c[0] < c[1]:
-                raise ValueError(f"clip must be 'auto', None or (lo, hi) with lo < hi, got {self.clip!r}")
         if self.box not in ("tanh", "clamp"):
             raise ValueError(f"box must be 'tanh' or 'clamp', got {self.box!r}")
-        b1, b2 = self.adam_betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
 
     def clip_range(self, prior: Prior) -> tuple[float, float] | None:
-        if isinstance(self.clip, str):
-            return prior.clip_range
-        return None if self.clip is None else (float(self.clip[0]), float(self.clip[1]))
+        """The box on ``prior`` (see :func:`~fiberscope.guidance.base.clip_range`)."""
+        return clip_range(self.clip, prior)
 
     def times(self, prior: Any) -> list[float]:
         """One entry per Adam iteration (for progress bars; there is no diffusion time)."""
@@ -119,7 +118,7 @@ class PixelOptimization(GuidanceMethod):
         prior: Prior,
         objective: FiberObjective,
         x_init: torch.Tensor,
-        generator: SampleNoise,
+        noise: SampleNoise,
         callback: StepCallback | None = None,
     ) -> Trajectory:
         clip = self.clip_range(prior)
@@ -129,7 +128,6 @@ class PixelOptimization(GuidanceMethod):
         def to_x(w: torch.Tensor) -> torch.Tensor:
             return lo + (hi - lo) * (torch.tanh(w) + 1) / 2 if tanh else w
 
-        b1, b2 = self.adam_betas
         x = x_init.detach().float()
         if tanh:  # the unconstrained variable whose scaled tanh is x
             w = torch.atanh(((x.clamp(lo, hi) - lo) / (hi - lo) * 2 - 1).clamp(-0.999, 0.999))
@@ -148,10 +146,7 @@ class PixelOptimization(GuidanceMethod):
             w = w.detach()
             check_finite(g, "the input gradient", k - 1, float(k - 1))
             lr = self.lr if self.lr_schedule == "constant" else self.lr * 0.5 * (1 + math.cos(math.pi * (k - 1) / n))
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v / (1 - b2**k)).sqrt_().add_(self.adam_eps)
-            w.addcdiv_(m, denom, value=-lr / (1 - b1**k))
+            adam_step(w, g, m, v, k, lr, self.adam_betas, self.adam_eps)
             if clip is not None and not tanh:
                 w.clamp_(*clip)
             with torch.no_grad():
@@ -160,6 +155,6 @@ class PixelOptimization(GuidanceMethod):
                 history.append(float(cost.detach().mean()))
             if callback is not None:
                 callback(
-                    {"step": k - 1, "t": float(k - 1), "x": x, "x0": x, "gamma": 0.0, "cost": cost.detach(), "steps": n}
+                    {"step": k - 1, "t": float(k - 1), "x": x, "x0": x, "lr": lr, "cost": cost.detach(), "steps": n}
                 )
         return Trajectory(sample=x, x=x, x0=x, loss_history=history)

@@ -34,17 +34,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import torch
 
-from ..losses import LOSSES, LossFn
 from ..priors.base import Denoised, Prior
-from ..validation import check_method_settings
+from ..priors.schedule import abar
 from .base import (
     FiberObjective,
-    GuidanceMethod,
+    LossSetting,
     SampleNoise,
+    SamplingSettings,
     StepCallback,
     StepRule,
     Trajectory,
@@ -56,7 +56,6 @@ __all__ = ["SCHEDULES", "TFG", "StepPlan", "TrainingFreeGuidance", "renoise", "s
 #: Strength schedules of TFG (``rho_schedule``, ``mu_schedule``).
 SCHEDULES = ("increase", "decrease", "constant")
 SIGMA_SCHEDULES = ("decrease", "constant")
-COMBINES = ("tfg", "ugd", "dps")
 
 Table = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -69,10 +68,6 @@ class StepPlan:
     mu: float = 0.0
     sigma: float = 0.0
     recur: int = 1
-
-
-def _abar(a: torch.Tensor, s: torch.Tensor) -> float:
-    return float(a * a / (a * a + s * s))
 
 
 def strength_schedule(kind: str, table: Table) -> list[float]:
@@ -94,7 +89,7 @@ def strength_schedule(kind: str, table: Table) -> list[float]:
     k = len(table) - 1
     w = []
     for i in range(k):
-        ab_t, ab_s = _abar(*table[i]), _abar(*table[i + 1])
+        ab_t, ab_s = float(abar(*table[i])), float(abar(*table[i + 1]))
         ratio = ab_t / ab_s if ab_s > 0 else 0.0
         w.append(ratio if kind == "increase" else (1 - ratio if kind == "decrease" else 1.0))
     total = sum(w)
@@ -118,71 +113,37 @@ def renoise(
     return k * x_s + std * noise.randn_like(x_s)
 
 
-def _check_number(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= minimum if strict else value < minimum):
-        bound = f"> {minimum:g}" if strict else f"≥ {minimum:g}"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+def check_schedule(name: str, value: str, choices: tuple[str, ...] = SCHEDULES) -> None:
+    """Raise a one-line ValueError unless ``value`` is one of the strength schedules ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-
-
-def validate_sampling(m: Any) -> None:
-    """Checks shared by the guided baselines: steps, update rule, clip, output, init, loss."""
-    check_method_settings(m)  # types and bounds of every numeric setting (one validation layer)
-    _check_int("steps", m.steps, 1)
-    StepRule(m.sampler, m.eta, m.variance).validate()
-    if not (isinstance(m.clip, str) and m.clip == "auto") and m.clip is not None:
-        try:
-            c = tuple(float(v) for v in m.clip)
-        except (TypeError, ValueError):
-            c = ()
-        if len(c) != 2 or not c[0] < c[1]:
-            raise ValueError(f"clip must be 'auto', None or (lo, hi) with lo < hi, got {m.clip!r}")
-    if m.output not in ("x0", "state"):
-        raise ValueError(f"output must be 'x0' or 'state', got {m.output!r}")
-    if m.init not in ("noise", "sdedit"):
-        raise ValueError(f"init must be 'noise' or 'sdedit', got {m.init!r}")
-    if not (isinstance(m.strength, (int, float)) and 0 < m.strength <= 1):
-        raise ValueError(f"strength must be in (0, 1], got {m.strength!r}")
-    if isinstance(m.loss, str) and m.loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {m.loss!r}")
-
-
-class TrainingFreeGuidance(GuidanceMethod):
+@dataclass
+class TrainingFreeGuidance(LossSetting, SamplingSettings):
     """The loop shared by DPS, FreeDoM, UGD, MPGD and TFG (see the module docstring).
 
-    Subclasses are dataclasses with ``steps``, ``sampler``, ``eta``, ``variance``, ``clip``,
-    ``output``, ``loss``, ``init`` and ``strength`` fields, set :attr:`combine`, and implement
-    :meth:`plan` (the per-step ρ, μ, σ and number of recurrences). Optional fields read here:
-    ``iter_steps`` (x0-gradient steps, default 1) and ``mc_samples`` (smoothing samples, default 1).
+    Subclasses are dataclasses that add their own strengths, set :attr:`combine`, and implement
+    :meth:`plan` (the per-step ρ, μ, σ and number of recurrences); the sampling settings and the
+    loss are :class:`~fiberscope.guidance.base.SamplingSettings` and
+    :class:`~fiberscope.guidance.base.LossSetting`. Optional fields read here: ``iter_steps``
+    (x0-gradient steps, default 1) and ``mc_samples`` (smoothing samples, default 1).
 
     ``combine``: ``"tfg"`` (shift x_t and x̂0 with ε̂ fixed), ``"ugd"`` (fold both corrections into
     ε̂, Universal Guidance's forward/backward guidance), ``"dps"`` (add ``Δ_t`` to x_s after the
     step, as the DPS paper writes it).
     """
 
-    combine: str = "tfg"
-    steps: int
-    sampler: str
-    eta: float
-    variance: str
-    clip: tuple[float, float] | str | None
-    output: str
-    loss: str | LossFn
-    track_loss: bool = True
+    combine: ClassVar[str] = "tfg"
+    track_loss: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        self.check_sampling()
+        self.check_loss()
 
     def plan(self, prior: Prior, times: list[float], table: Table) -> list[StepPlan]:
         """ρ_t, μ_t, σ_t and R_t for every step of the grid (noisiest first)."""
         raise NotImplementedError
-
-    def clip_range(self, prior: Prior) -> tuple[float, float] | None:
-        if isinstance(self.clip, str):
-            return prior.clip_range
-        return None if self.clip is None else (float(self.clip[0]), float(self.clip[1]))
 
     # ---- pieces -------------------------------------------------------------------------------
     def _cost(self, objective: FiberObjective, x0: torch.Tensor, sigma: float, noise: SampleNoise) -> torch.Tensor:
@@ -296,11 +257,11 @@ class TrainingFreeGuidance(GuidanceMethod):
         prior: Prior,
         objective: FiberObjective,
         x_init: torch.Tensor,
-        generator: SampleNoise,
+        noise: SampleNoise,
         callback: StepCallback | None = None,
     ) -> Trajectory:
         times = self.times(prior)
-        rule = StepRule(self.sampler, self.eta, self.variance)
+        rule = self.rule
         table = rule.prepare(prior, times)
         plans = self.plan(prior, times, table)
         clip = self.clip_range(prior)
@@ -311,16 +272,18 @@ class TrainingFreeGuidance(GuidanceMethod):
             ts, ss, p = table[i], table[i + 1], plans[i]
             cost: torch.Tensor | None = None
             for r in range(p.recur):
-                x_s, x0, cost = self._guided_step(prior, objective, rule, x, t, ts, ss, p, clip, generator, i)
+                x_s, x0, cost = self._guided_step(prior, objective, rule, x, t, ts, ss, p, clip, noise, i)
                 check_finite(x_s, "the state", i, t)
                 if r + 1 < p.recur:
                     with torch.no_grad():
-                        x = renoise(x_s, ts, ss, generator)
+                        x = renoise(x_s, ts, ss, noise)
             x = x_s
             if self.track_loss and cost is not None:
                 history.append(float(cost.mean()))
             if callback is not None:
-                callback({"step": i, "t": t, "x": x, "x0": x0, "gamma": p.rho, "cost": cost, "steps": len(times)})
+                callback(
+                    {"step": i, "t": t, "x": x, "x0": x0, "rho": p.rho, "mu": p.mu, "cost": cost, "steps": len(times)}
+                )
         return Trajectory(sample=x0 if self.output == "x0" else x, x=x, x0=x0, loss_history=history)
 
 
@@ -343,18 +306,15 @@ class TFG(TrainingFreeGuidance):
         recur_steps: recurrences per step (``R``; time travel between them).
         rho_schedule, mu_schedule: ``"increase"`` (ᾱ_t/ᾱ_s), ``"decrease"`` or ``"constant"``.
         sigma_schedule: ``"decrease"`` (σ·√(1 − ᾱ_t)) or ``"constant"``.
-        sampler, eta, variance: the update rule (:class:`~fiberscope.guidance.base.StepRule`).
-        clip: clip of x̂0 in state space (``"auto"``: the prior's; None: none).
-        output: ``"x0"`` (last guided x̂0) or ``"state"``.
+        sampler, eta, variance, clip, output, init, strength: the sampling settings
+            (:class:`~fiberscope.guidance.base.SamplingSettings`; TFG's defaults: 50 steps, η = 1).
         loss: the fiber loss ``ℓ`` in ``log p = −ℓ`` (default unsquared ``"l2"``, as in the paper).
-        init, strength: start from noise, or (``"sdedit"``) from the query noised to ``strength``.
 
     Example:
         >>> TFG(rho=0.0, mu=2.0).config()["mu"]
         2.0
     """
 
-    steps: int = 50
     rho: float = 1.0
     mu: float = 1.0
     sigma: float = 0.01
@@ -364,37 +324,23 @@ class TFG(TrainingFreeGuidance):
     rho_schedule: str = "increase"
     mu_schedule: str = "increase"
     sigma_schedule: str = "decrease"
-    sampler: str = "ddim"
+    steps: int = 50  # TFG's defaults for the shared settings
     eta: float = 1.0
-    variance: str = "small"
-    clip: tuple[float, float] | str | None = "auto"
-    output: str = "x0"
-    loss: str | LossFn = "l2"
-    init: str = "noise"
-    strength: float = 1.0
 
     name = "tfg"
     combine = "tfg"
 
     def __post_init__(self) -> None:
-        validate_sampling(self)
-        _check_number("rho", self.rho)
-        _check_number("mu", self.mu)
-        _check_number("sigma", self.sigma)
-        _check_int("mc_samples", self.mc_samples, 1)
-        _check_int("iter_steps", self.iter_steps, 1)
-        _check_int("recur_steps", self.recur_steps, 1)
-        for nm in ("rho_schedule", "mu_schedule"):
-            if getattr(self, nm) not in SCHEDULES:
-                raise ValueError(f"{nm} must be one of {SCHEDULES}, got {getattr(self, nm)!r}")
-        if self.sigma_schedule not in SIGMA_SCHEDULES:
-            raise ValueError(f"sigma_schedule must be one of {SIGMA_SCHEDULES}, got {self.sigma_schedule!r}")
+        super().__post_init__()  # ρ, μ, σ and the counts: their bounds are checked there (one validation layer)
+        check_schedule("rho_schedule", self.rho_schedule)
+        check_schedule("mu_schedule", self.mu_schedule)
+        check_schedule("sigma_schedule", self.sigma_schedule, SIGMA_SCHEDULES)
 
     def plan(self, prior: Prior, times: list[float], table: Table) -> list[StepPlan]:
         wr = strength_schedule(self.rho_schedule, table)
         wm = strength_schedule(self.mu_schedule, table)
         out = []
         for i in range(len(times)):
-            sig = self.sigma * (math.sqrt(1 - _abar(*table[i])) if self.sigma_schedule == "decrease" else 1.0)
+            sig = self.sigma * (math.sqrt(1 - float(abar(*table[i]))) if self.sigma_schedule == "decrease" else 1.0)
             out.append(StepPlan(self.rho * wr[i], self.mu * wm[i], sig, self.recur_steps))
         return out

@@ -22,18 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..losses import LossFn
 from ..priors.base import Prior
-from .tfg import (
-    SCHEDULES,
-    StepPlan,
-    Table,
-    TrainingFreeGuidance,
-    _check_int,
-    _check_number,
-    strength_schedule,
-    validate_sampling,
-)
+from .tfg import StepPlan, Table, TrainingFreeGuidance, check_schedule, strength_schedule
 
 __all__ = ["UGD"]
 
@@ -53,32 +43,19 @@ class UGD(TrainingFreeGuidance):
         clip, output, loss, init, strength: as for :class:`~fiberscope.TFG`.
     """
 
-    steps: int = 100
     scale: float = 1.0
     backward_scale: float = 0.1
     backward_steps: int = 1
     recur_steps: int = 2
     schedule: str = "increase"
-    sampler: str = "ddim"
-    eta: float = 1.0
-    variance: str = "small"
-    clip: tuple[float, float] | str | None = "auto"
-    output: str = "x0"
-    loss: str | LossFn = "l2"
-    init: str = "noise"
-    strength: float = 1.0
+    eta: float = 1.0  # UGD's default for the shared setting
 
     name = "ugd"
     combine = "ugd"
 
     def __post_init__(self) -> None:
-        validate_sampling(self)
-        _check_number("scale", self.scale)
-        _check_number("backward_scale", self.backward_scale)
-        _check_int("backward_steps", self.backward_steps, 1)
-        _check_int("recur_steps", self.recur_steps, 1)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        super().__post_init__()
+        check_schedule("schedule", self.schedule)
 
     @property
     def iter_steps(self) -> int:

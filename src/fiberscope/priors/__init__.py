@@ -12,7 +12,7 @@ from .adm import ADMConfig, ADMPrior, ADMUNet, load_adm_prior
 from .analytic import GaussianMixturePrior, GaussianPrior
 from .base import PARAMETERIZATIONS, CallablePrior, Denoised, Prior
 from .schedule import FlowSchedule, Schedule, VPSchedule
-from .steps import ancestral_step, ddim_step, euler_step, flow_stochastic_step
+from .steps import ancestral_step, ddim_step
 
 __all__ = [
     "PARAMETERIZATIONS",
@@ -29,8 +29,6 @@ __all__ = [
     "VPSchedule",
     "ancestral_step",
     "ddim_step",
-    "euler_step",
-    "flow_stochastic_step",
     "load_adm_prior",
 ]
 

@@ -25,7 +25,21 @@ from abc import ABC, abstractmethod
 
 import torch
 
-__all__ = ["FlowSchedule", "Schedule", "VPSchedule", "snr_matched_time"]
+__all__ = ["FlowSchedule", "Schedule", "VPSchedule", "abar"]
+
+
+def abar(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """ᾱ = α² / (α² + σ²): the signal fraction of ``x_t = α·x0 + σ·ε``, comparable across families.
+
+    ᾱ = α² for VP schedules (α² + σ² = 1); on a flow it is 0 at pure noise (σ = 1) and 1 at the data.
+
+    Example:
+        >>> round(float(abar(*VPSchedule.linear().alpha_sigma(999))), 6)   # ᾱ at the last training step
+        4e-05
+        >>> float(abar(*FlowSchedule().alpha_sigma(500))), float(abar(*FlowSchedule().alpha_sigma(1000)))
+        (0.5, 0.0)
+    """
+    return alpha * alpha / (alpha * alpha + sigma * sigma)
 
 
 class Schedule(ABC):
@@ -46,18 +60,13 @@ class Schedule(ABC):
         """The timestep value the network was trained to receive at time ``t``."""
         return t
 
-    def abar(self, t: float | None) -> torch.Tensor:
-        """ᾱ = α² / (α² + σ²): the signal fraction, comparable across families."""
-        a, s = self.alpha_sigma(t)
-        return a * a / (a * a + s * s)
-
     def beta(self, t: float) -> torch.Tensor:
         """The one-step β at ``t``: ``1 − ᾱ(t)/ᾱ(t − 1)`` on the training grid (ᾱ = 1 before t = 0).
 
         This is the β of the *full* schedule, not of a strided sampling step (``1 − ᾱ_t/ᾱ_s``).
         """
         prev = float(t) - 1
-        return 1 - self.abar(t) / self.abar(prev if prev >= 0 else None)
+        return 1 - abar(*self.alpha_sigma(t)) / abar(*self.alpha_sigma(prev if prev >= 0 else None))
 
     def config(self) -> dict:
         return {"kind": self.kind, "num_train_timesteps": self.num_train_timesteps}
@@ -186,19 +195,3 @@ class FlowSchedule(Schedule):
 
     def config(self) -> dict:
         return {**super().config(), "shift": self.shift}
-
-
-def snr_matched_time(schedule: Schedule, t: float, reference: Schedule) -> float:
-    """The time of ``schedule`` with the same signal fraction ᾱ as ``reference`` has at ``t``.
-
-    Useful to carry a γ(t) schedule written for a DDPM onto a flow prior.
-    """
-    target = float(reference.abar(t))
-    lo, hi = 0.0, float(schedule.num_train_timesteps - (1 if schedule.kind == "vp" else 0))
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if float(schedule.abar(mid if schedule.kind == "flow" else round(mid))) > target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2

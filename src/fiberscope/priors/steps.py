@@ -8,28 +8,19 @@ does the arithmetic here. All rules are written for the general interpolant
 * :func:`ddim_step` — DDIM with any η and a variance type (``small``/``large``/``learned_range``);
   on a flow schedule with η = 0 it is exactly the Euler step of the velocity ODE.
 * :func:`ancestral_step` — the DDPM posterior ``q(x_s | x_t, x̂0)`` for any skip t → s.
-* :func:`euler_step` — ``x_s = x_t + (σ_s − σ_t)·v`` for velocity models.
-* :func:`flow_stochastic_step` — ``x_s = α_s x̂0 + σ_s(√(1−ρ²) ε̂ + ρ ξ)``.
+
+ᾱ is :func:`fiberscope.priors.schedule.abar` throughout.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = [
-    "ancestral_step",
-    "ddim_coefficients",
-    "ddim_step",
-    "euler_step",
-    "flow_stochastic_step",
-    "step_noise_scale",
-]
+from .schedule import abar
+
+__all__ = ["ancestral_step", "ddim_coefficients", "ddim_step", "step_noise_scale"]
 
 VARIANCE_TYPES = ("small", "large", "learned_range")
-
-
-def _abar(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    return alpha * alpha / (alpha * alpha + sigma * sigma)
 
 
 def ddim_coefficients(
@@ -62,7 +53,7 @@ def ddim_coefficients(
     """
     if variance not in VARIANCE_TYPES:
         raise ValueError(f"variance must be one of {VARIANCE_TYPES}, got {variance!r}")
-    ab_t, ab_s = _abar(a_t, s_t), _abar(a_s, s_s)
+    ab_t, ab_s = abar(a_t, s_t), abar(a_s, s_s)
     # VP quantities rescaled to the state's scale at s (1 for VP schedules)
     scale_s = torch.sqrt(a_s * a_s + s_s * s_s)
     ratio = torch.clamp(1 - ab_t / ab_s, min=0.0)
@@ -119,7 +110,7 @@ def step_noise_scale(
     v: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Standard deviation of the DDPM ancestral step's noise (posterior ``small``, ``large`` β, learned)."""
-    ab_t, ab_s = _abar(a_t, s_t), _abar(a_s, s_s)
+    ab_t, ab_s = abar(a_t, s_t), abar(a_s, s_s)
     beta = torch.clamp(1 - ab_t / ab_s, min=0.0)
     scale_s2 = a_s * a_s + s_s * s_s
     small = beta * (1 - ab_s) / torch.clamp(1 - ab_t, min=1e-20)
@@ -155,7 +146,7 @@ def ancestral_step(
     With β = 1 − ᾱ_t/ᾱ_s: mean = √ᾱ_s·β/(1 − ᾱ_t)·x̂0 + √(1 − β)·(1 − ᾱ_s)/(1 − ᾱ_t)·x_t, in VP
     units (states of other schedules are rescaled to VP and back). Noise is added when σ_s > 0.
     """
-    ab_t, ab_s = _abar(a_t, s_t), _abar(a_s, s_s)
+    ab_t, ab_s = abar(a_t, s_t), abar(a_s, s_s)
     k_t = torch.sqrt(a_t * a_t + s_t * s_t)  # state scale: 1 for VP
     k_s = torch.sqrt(a_s * a_s + s_s * s_s)
     beta = torch.clamp(1 - ab_t / ab_s, min=0.0)
@@ -165,18 +156,3 @@ def ancestral_step(
     if noise is not None and float(s_s) > 0:
         mean = mean + step_noise_scale(a_t, s_t, a_s, s_s, variance, v) * noise
     return mean
-
-
-def euler_step(x_t: torch.Tensor, velocity: torch.Tensor, sigma_t: torch.Tensor, sigma_s: torch.Tensor) -> torch.Tensor:
-    """Euler step of the flow ODE: ``x_s = x_t + (σ_s − σ_t)·v``."""
-    return x_t + (sigma_s - sigma_t) * velocity
-
-
-def flow_stochastic_step(
-    x0: torch.Tensor, eps: torch.Tensor, a_s: torch.Tensor, s_s: torch.Tensor, rho: float, noise: torch.Tensor | None
-) -> torch.Tensor:
-    """Stochastic flow step ``x_s = α_s·x̂0 + σ_s·(√(1 − ρ²)·ε̂ + ρ·ξ)``; ρ = 0 is the Euler step."""
-    if rho < 0 or rho > 1:
-        raise ValueError(f"rho must be in [0, 1], got {rho}")
-    e = eps if rho == 0 or noise is None else (1 - rho * rho) ** 0.5 * eps + rho * noise
-    return a_s * x0 + s_s * e
