@@ -25,9 +25,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fiberscope demo --out $(DEMO_OUT)
 
+# lint-imports: the layers of src/fiberscope ([tool.importlinter] in pyproject.toml, docs/architecture.md)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The HTML report is tested in a real headless browser (tests/test_report_browser.py): Debian's Chromium is
 # installed when /usr/bin/chromium is missing (as root, e.g. in CI); otherwise that test is skipped with its reason.

@@ -305,8 +305,8 @@ def build_subject(name: str, tiny: bool = False) -> Any:
     if name == "dinov2-vitb14":
         from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
+        from fiberscope.subjects.library import LibrarySubject
         from fiberscope.subjects.preprocess import from_hf_processor
-        from fiberscope.subjects.registry import LibrarySubject
         from fiberscope.subjects.transformers import features_module
 
         kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2) if tiny else {}

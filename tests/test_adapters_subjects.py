@@ -15,7 +15,8 @@ import torch
 
 import fiberscope as fs
 from conftest import tiny_unet
-from fiberscope.subjects.registry import LibrarySubject, subject_layers
+from fiberscope.loading import subject_layers
+from fiberscope.subjects.library import LibrarySubject
 
 METHOD = fs.NDTM(steps=2, inner_steps=1, lr=0.05, gamma=1.0)
 

@@ -414,19 +414,19 @@ def test_paper_imagenet_preset_unchanged_on_an_adm_prior(loaded):
 
 def test_not_an_adm_state_dict(tmp_path):
     torch.save({"conv.weight": torch.zeros(3, 3, 3, 3), "fc.bias": torch.zeros(3)}, tmp_path / "resnet.pt")
-    with pytest.raises(fs.priors.CheckpointError, match=r"resnet\.pt.*not an ADM .*first keys are 'conv\.weight'"):
+    with pytest.raises(fs.errors.CheckpointError, match=r"resnet\.pt.*not an ADM .*first keys are 'conv\.weight'"):
         fs.load_prior(tmp_path / "resnet.pt")
     torch.save({"out.2.qkv_proj.weight": torch.zeros(1), "time_embed.0.weight": torch.zeros(4, 1)}, tmp_path / "c.pt")
-    with pytest.raises(fs.priors.CheckpointError, match="classifier"):
+    with pytest.raises(fs.errors.CheckpointError, match="classifier"):
         fs.load_prior(tmp_path / "c.pt")
     torch.save({}, tmp_path / "empty.pt")
-    with pytest.raises(fs.priors.CheckpointError, match="empty"):
+    with pytest.raises(fs.errors.CheckpointError, match="empty"):
         fs.load_prior(tmp_path / "empty.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint" * 8)
-    with pytest.raises(fs.priors.CheckpointError, match=r"junk\.pt: not a torch checkpoint"):
+    with pytest.raises(fs.errors.CheckpointError, match=r"junk\.pt: not a torch checkpoint"):
         fs.load_prior(tmp_path / "junk.pt")
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(fs.priors.CheckpointError, match="only prior files fiberscope reads"):
+    with pytest.raises(fs.errors.CheckpointError, match="only prior files fiberscope reads"):
         fs.load_prior(tmp_path / "notes.txt")
 
 
@@ -436,7 +436,7 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tiny, tmp_path):
     del sd["input_blocks.2.0.out_layers.3.bias"]
     sd["input_blocks.1.0.extra.weight"] = torch.zeros(2)
     torch.save(sd, tmp_path / "bad.pt")
-    with pytest.raises(fs.priors.CheckpointError) as e:
+    with pytest.raises(fs.errors.CheckpointError) as e:
         fs.load_prior(tmp_path / "bad.pt")
     msg = str(e.value)
     assert "\n" not in msg and "bad.pt" in msg
@@ -446,11 +446,11 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tiny, tmp_path):
     sd["middle_block.1.proj_out.weight"] = torch.zeros(3, 3, 1)
     sd["deepinv_buffer"] = torch.zeros(1)
     torch.save(sd, tmp_path / "shape.pt")
-    with pytest.raises(fs.priors.CheckpointError, match=r"unexpected key\(s\) 'deepinv_buffer'"):
+    with pytest.raises(fs.errors.CheckpointError, match=r"unexpected key\(s\) 'deepinv_buffer'"):
         fs.load_prior(tmp_path / "shape.pt")
     del sd["deepinv_buffer"]
     torch.save(sd, tmp_path / "shape.pt")
-    with pytest.raises(fs.priors.CheckpointError, match=r"middle_block\.1\.proj_out\.weight is \[3, 3, 1\], expected"):
+    with pytest.raises(fs.errors.CheckpointError, match=r"middle_block\.1\.proj_out\.weight is \[3, 3, 1\], expected"):
         fs.load_prior(tmp_path / "shape.pt")
 
 
@@ -459,7 +459,7 @@ def test_pickle_needing_full_unpickling_is_refused(tiny, tmp_path):
 
     _, net, _ = tiny["ffhq-256"]
     torch.save({"state_dict": net.state_dict(), "args": fractions.Fraction(1, 3)}, tmp_path / "full.pt")
-    with pytest.raises(fs.priors.loading.PickleRefusedError, match=r"full\.pt.*weights_only=True.*fractions\.Fraction"):
+    with pytest.raises(fs.errors.PickleRefusedError, match=r"full\.pt.*weights_only=True.*fractions\.Fraction"):
         fs.load_prior(tmp_path / "full.pt")
 
 
@@ -486,7 +486,7 @@ def test_image_sizes_the_adm_cannot_take(tiny, loaded):
 
 def test_super_resolution_checkpoints_are_refused_clearly(tmp_path):
     net = ADMUNet(dataclasses.replace(SMALL, in_channels=6, out_channels=6))
-    with pytest.raises(fs.priors.CheckpointError, match="super-resolution"):
+    with pytest.raises(fs.errors.CheckpointError, match="super-resolution"):
         fs.load_prior(save(net, tmp_path / "64_256_upsampler.pt"))
 
 

@@ -18,7 +18,6 @@ from audit_assets import FAST_METHOD, Assets, fiberscope_cmd, make_assets, one_t
 from fiberscope.audit import (
     ModelCache,
     RunOptions,
-    ShardError,
     ShardInfo,
     parse_manifest,
     read_manifest,
@@ -27,6 +26,7 @@ from fiberscope.audit import (
     shard_units,
     split_units,
 )
+from fiberscope.errors import ShardError
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 

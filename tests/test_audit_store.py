@@ -623,7 +623,7 @@ def test_staging_keeps_its_heartbeat_and_knows_when_it_was_taken(tmp_path: Path,
         assert st.intact()
         shutil.rmtree(st.path)  # removed behind its back, then recreated by a writer: no longer its own
         st.path.mkdir()
-        with pytest.raises(store.StagingLostError):
+        with pytest.raises(fs.errors.StagingLostError):
             store.seal(st, 1)
     finally:
         st.discard()

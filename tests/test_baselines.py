@@ -154,8 +154,8 @@ def test_pixel_optimisation_from_the_query_stays_near_it():
 
 
 def test_every_method_is_registered_and_exported():
-    from fiberscope.cli import method_from_spec
     from fiberscope.guidance import METHODS
+    from fiberscope.guidance.registry import method_from_spec
 
     for name, cls in [
         ("dps", fs.DPS),

@@ -19,7 +19,6 @@ from conftest import TinyCNN, tiny_unet
 from fiberscope.baselines import (
     RECIPES,
     TRAIN_ORDER,
-    BaselineNotTrainedError,
     Codec,
     ConditionalFlowMatching,
     ConditionalINN,
@@ -29,6 +28,7 @@ from fiberscope.baselines import (
 )
 from fiberscope.baselines import recipes as R
 from fiberscope.baselines.conditional_training import build_pairs
+from fiberscope.errors import BaselineNotTrainedError
 from fiberscope.models import ColorblindEmbed, ConvVAE, SmallCNN
 from fiberscope.priors.latent import LatentPrior
 from fiberscope.training import TrainConfig

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import fiberscope.cli as cli
+import fiberscope.cli.app as cli_app
+import fiberscope.cli.info as cli_info
 from audit_assets import Assets, make_assets, one_thread, write_jsonl
 from fiberscope.cli import EXIT, main
 
@@ -30,7 +32,6 @@ def _zoo(assets: Assets, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _all_parsers() -> dict[str, argparse.ArgumentParser]:
-    cli._load_plugins()
     out: dict[str, argparse.ArgumentParser] = {}
 
     def walk(p: argparse.ArgumentParser, prefix: str) -> None:
@@ -57,7 +58,7 @@ def test_every_command_has_an_example_in_its_help(capsys) -> None:
 
 
 def test_the_documented_exit_codes_are_the_ones_used() -> None:
-    doc = cli.__doc__ or ""
+    doc = cli_app.__doc__ or ""
     documented = {int(c) for c in re.findall(r"^\s{4}(\d+)\s", doc.split("Exit codes:")[1], re.M)}
     assert documented == set(EXIT.values())
     assert "exit codes:" in cli.build_parser().format_help()  # and `fiberscope --help` shows them
@@ -69,7 +70,7 @@ def test_exit_codes_0_1_2_and_130(assets: Assets, tmp_path: Path, capsys, monkey
     def boom(args):
         raise RuntimeError("boom\n  with a second line")
 
-    monkeypatch.setattr(cli, "cmd_presets", boom)
+    monkeypatch.setattr(cli_info, "cmd_presets", boom)
     assert main(["presets"]) == EXIT["internal"]
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error RuntimeError: boom with a second line" in err and "--debug" in err
@@ -79,7 +80,7 @@ def test_exit_codes_0_1_2_and_130(assets: Assets, tmp_path: Path, capsys, monkey
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_presets", interrupted)
+    monkeypatch.setattr(cli_info, "cmd_presets", interrupted)
     assert main(["presets"]) == EXIT["interrupt"]
     assert "interrupted" in capsys.readouterr().err
 
@@ -169,7 +170,7 @@ def test_audit_progress_bar_dry_run_and_shards_from_the_environment(
 
 
 def test_sigterm_during_an_audit_is_handled_like_ctrl_c() -> None:
-    from fiberscope.audit.cli import _sigterm_as_interrupt
+    from fiberscope.utils import sigterm_as_interrupt as _sigterm_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():  # e.g. SLURM pre-emption

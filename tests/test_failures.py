@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import fiberscope as fs
+import fiberscope.loading as fs_loading
 import fiberscope.utils as fs_utils
 from audit_assets import Assets, make_assets, one_thread, write_jsonl
 from fiberscope.cli import EXIT, main
@@ -113,7 +114,7 @@ def test_channel_count_and_size_mismatches(assets: Assets, tmp_path: Path, capsy
             return real(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), **kw)
         return real(spec, layer, **kw)
 
-    monkeypatch.setattr(fs, "load_subject", fake)
+    monkeypatch.setattr(fs_loading, "load_subject", fake)
     for spec in ("test:rgb-net", "test:mlp-28"):
         code, err = _run(_sample(assets, assets.queries[0], tmp_path / spec, subject=spec), capsys)
         assert code == EXIT["input"], err
@@ -149,7 +150,7 @@ def test_subject_without_gradient_or_with_nan(assets: Assets, tmp_path: Path, ca
             "test:nan-later": lambda: real(NanLater(), **kw),
         }[spec]()
 
-    monkeypatch.setattr(fs, "load_subject", fake)
+    monkeypatch.setattr(fs_loading, "load_subject", fake)
     code, err = _run(_sample(assets, assets.queries[0], tmp_path / "a", subject="test:no-grad"), capsys)
     assert code == EXIT["numeric"]
     _one_error_line(err, "no gradient", "remove the no_grad")
@@ -212,8 +213,8 @@ def test_trust_pickle_reaches_the_loaders(assets: Assets, tmp_path: Path, monkey
         seen.append(("subject", kw.get("trust_pickle")))
         return real_subject("builtin:mnist-cnn", layer, device=kw.get("device"))
 
-    monkeypatch.setattr(fs, "load_prior", prior)
-    monkeypatch.setattr(fs, "load_subject", subject)
+    monkeypatch.setattr(fs_loading, "load_prior", prior)
+    monkeypatch.setattr(fs_loading, "load_subject", subject)
     manifest = write_jsonl(tmp_path / "m.jsonl", [assets.unit(0, subject="timm:any")])
     assert main(["audit", str(manifest), "--out", str(tmp_path / "a"), "-q", "--trust-pickle", "--device", "cpu"]) == 0
     assert main(["audit", str(manifest), "--out", str(tmp_path / "b"), "-q", "--device", "cpu"]) == 0
@@ -442,8 +443,8 @@ def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         loads.append(f"subject {spec}")
         return real_subject(spec, layer, **kw)
 
-    monkeypatch.setattr(fs, "load_prior", prior)
-    monkeypatch.setattr(fs, "load_subject", subject)
+    monkeypatch.setattr(fs_loading, "load_prior", prior)
+    monkeypatch.setattr(fs_loading, "load_subject", subject)
     return loads
 
 
@@ -575,7 +576,7 @@ def test_an_error_inside_a_subject_is_not_called_a_shape_mismatch(
     def raises(x):
         raise RuntimeError("my feature extractor lost its lookup table")
 
-    monkeypatch.setattr(fs, "load_subject", lambda spec, layer=None, **kw: real(raises, **kw))
+    monkeypatch.setattr(fs_loading, "load_subject", lambda spec, layer=None, **kw: real(raises, **kw))
     code, err = _run(_sample(assets, assets.queries[0], tmp_path / "o", subject="test:raises"), capsys)
     assert code == EXIT["input"]
     line = _one_error_line(err, "failed on the query (RuntimeError: my feature extractor lost its lookup table)")

@@ -52,7 +52,10 @@ def test_every_error_class_has_its_exit_code_and_old_import_paths_still_work() -
     import fiberscope.subjects.base as sbase
 
     assert query.QueryError is fs.errors.QueryError and manifest.ManifestError is ManifestError
-    assert loading.ModelNotAvailableError is ModelNotAvailableError and loading.PickleRefusedError is PickleRefusedError
+    with pytest.warns(DeprecationWarning, match="fiberscope.errors"):  # moved: still there until 0.2, with a warning
+        assert loading.ModelNotAvailableError is ModelNotAvailableError
+    with pytest.warns(DeprecationWarning, match="fiberscope.errors"):
+        assert loading.PickleRefusedError is PickleRefusedError
     assert gbase.GuidanceError is GuidanceError and sbase.SubjectGradientError is SubjectGradientError
     assert cli.EXIT is EXIT and cli.CLIError is fs.errors.CLIError
     cases = {
@@ -73,7 +76,7 @@ def test_every_error_class_has_its_exit_code_and_old_import_paths_still_work() -
     # the classes keep the builtin bases callers catch
     assert isinstance(QueryError("x"), ValueError) and isinstance(GuidanceError("x"), FloatingPointError)
     assert isinstance(OutputWriteError(28, "x"), OSError) and isinstance(SubjectGradientError("x"), ValueError)
-    from fiberscope.baselines.common import BaselineNotTrainedError
+    from fiberscope.errors import BaselineNotTrainedError
 
     assert isinstance(BaselineNotTrainedError("x"), FileNotFoundError) and exit_code_for(BaselineNotTrainedError()) == 7
 

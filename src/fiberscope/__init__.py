@@ -10,10 +10,10 @@ Example:
     >>> out.save("fiber/")                                                               # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .analysis import ComparisonResult, InvarianceReport, Transformation, compare_subjects, probe_invariances
 from .api import FiberSamples, sample_fiber
+from .errors import GuidanceError, ModelNotAvailableError, SubjectGradientError
 from .guidance import (
     DPS,
     MPGD,
@@ -23,7 +23,6 @@ from .guidance import (
     AutoNDTM,
     FiberObjective,
     FreeDoM,
-    GuidanceError,
     GuidanceMethod,
     NotGuidedWarning,
     PixelOptimization,
@@ -31,19 +30,12 @@ from .guidance import (
     Trajectory,
     Unguided,
 )
+from .loading import load_prior, load_subject
 from .losses import LOSSES, fiber_loss
-from .priors import (
-    CallablePrior,
-    Denoised,
-    FlowSchedule,
-    GaussianMixturePrior,
-    GaussianPrior,
-    ModelNotAvailableError,
-    Prior,
-    VPSchedule,
-    load_prior,
-)
-from .subjects import Subject, SubjectGradientError, load_subject
+from .priors.analytic import GaussianMixturePrior, GaussianPrior
+from .priors.base import CallablePrior, Denoised, Prior
+from .priors.schedule import FlowSchedule, VPSchedule
+from .subjects.base import Subject
 
 __all__ = [
     "DPS",

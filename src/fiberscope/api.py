@@ -22,17 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._version import __version__
 from .acceptance import acceptance_summary, check_resample, check_tolerance, nn_tolerance, redraw_seed
+from .counting import CallCounter
 from .data.query import load_query
 from .errors import ParameterError, ParameterTypeError
 from .guidance.auto import NotGuidedWarning, resolve_method, strength_hint, unguided_reference
 from .guidance.base import FiberObjective, GuidanceMethod, SampleNoise
 from .guidance.unguided import Unguided
+from .loading import load_prior, load_subject
 from .losses import LOSSES
-from .priors.base import CallCounter, Prior
-from .priors.loading import load_prior
+from .priors.base import Prior
 from .runtime import apply_channels_last, apply_compile, find_batch_size
-from .subjects.base import Subject, check_gradients, load_subject
+from .subjects.base import Subject, check_gradients
 from .utils import atomic_write_bytes, atomic_write_json, is_rank_zero, jsonable
 from .validation import (
     check,
@@ -633,8 +635,6 @@ def sample_fiber(
         config["tolerance"] = {"value": float(tolerance), "source": "nn" if tol_info else "given", "nn": tol_info}
     if acceptance is not None:
         config["resample"] = {"rounds_allowed": resample, **acceptance}
-    from . import __version__
-
     config["fiberscope"] = __version__
     return FiberSamples(
         images=images.cpu(),

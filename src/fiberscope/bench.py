@@ -47,7 +47,6 @@ Example (Python, with models named in ``objects`` instead of the zoo):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -64,7 +63,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cli import EXIT, CLIError, _sub, register_command
+from ._version import __version__
+from .counting import CallCounter
+from .errors import ModelNotAvailableError
 from .guidance import METHODS, NDTM, PRESETS, FiberObjective, GuidanceError, GuidanceMethod, SampleNoise
 from .losses import LOSSES
 from .metrics.agreement import label_agreement
@@ -75,11 +76,10 @@ from .metrics.fiber import REPORTED_FORMS, across_seeds, fiber_loss_forms
 from .metrics.frechet import frechet_distance
 from .metrics.neighbours import nearest_neighbour, nearest_neighbours
 from .metrics.realism import Reference, default_reference, load_reference
-from .priors.base import CallCounter, Prior
-from .priors.loading import ModelNotAvailableError
+from .priors.base import Prior
 from .report.plotting import LOG_BAR_FLOOR, label_points, log_axis_yerr
 from .subjects.base import Subject
-from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
+from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable, load_config_file
 
 __all__ = [
     "BASELINES",
@@ -89,6 +89,7 @@ __all__ = [
     "resolve_method",
     "run_bench",
     "sample_queries",
+    "unit_path",
     "write_outputs",
 ]
 
@@ -263,8 +264,6 @@ class BenchConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> BenchConfig:
         """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) bench file."""
-        from .cli import load_config_file
-
         return cls.from_dict(load_config_file(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -321,7 +320,7 @@ def resolve_method(spec: Any, prior: str | None = None) -> GuidanceMethod:
         if name in METHODS:
             return METHODS[name](**params)
         if name == "trained":  # a trained invariance model (fiberscope.baselines): {name: trained, model: NAME}
-            from .baselines import TrainedBaseline
+            from .baselines.model import TrainedBaseline
 
             return TrainedBaseline(**params)
     except TypeError as e:
@@ -476,7 +475,7 @@ class _Pair:
         dr = self.prior.data_range or (-1.0, 1.0)
         try:
             if spec in self.objects:
-                from .subjects.base import load_subject
+                from .loading import load_subject
 
                 return Reference(load_subject(self.objects[spec], layer), name=spec_layer, data_range=dr), spec_layer
             return load_reference(spec, layer, data_range=dr), spec_layer
@@ -487,8 +486,7 @@ class _Pair:
     def load(self) -> None:
         if self._loaded:
             return
-        from .priors.loading import load_prior
-        from .subjects.base import load_subject
+        from .loading import load_prior, load_subject
 
         cfg, pair = self.cfg, self.pair
         p = self.objects.get(pair.prior, pair.prior)
@@ -702,6 +700,11 @@ def _unit_png(pair: _Pair, images: torch.Tensor, title: str) -> bytes:
     return buf.getvalue()
 
 
+def unit_path(out: Path, pair_key: str, name: str, seed: int) -> Path:
+    """Where one unit (a method or baseline ``name`` on a pair, in one seed) is written, without suffix."""
+    return out / "units" / pair_key / f"{_slug(name)}__seed{seed}"
+
+
 def _run_unit(pair: _Pair, name: str, spec: Any, seed: int, out: Path) -> tuple[dict[str, Any], bool]:
     """Load a finished unit, or run and save it. Returns (record, computed_now)."""
     cfg = pair.cfg
@@ -713,7 +716,7 @@ def _run_unit(pair: _Pair, name: str, spec: Any, seed: int, out: Path) -> tuple[
         mcfg = {"method": name}
     settings = pair.unit_settings(name, mcfg, seed)
     h = _hash(settings)
-    base = out / "units" / pair.pair.key / f"{_slug(name)}__seed{seed}"
+    base = unit_path(out, pair.pair.key, name, seed)
     old = _read_json(base.with_suffix(".json"))
     if old is not None and old.get("hash") == h:
         return old, False
@@ -871,8 +874,6 @@ def run_bench(
         "skipped": skipped,
         "seconds": time.perf_counter() - t_start,
     }
-    from . import __version__
-
     result["fiberscope"] = __version__
     result["torch"] = torch.__version__
     write_outputs(result, out)
@@ -1126,131 +1127,3 @@ def write_outputs(result: dict[str, Any], out: str | Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # the command
-
-EXAMPLE = """
-fiberscope bench --config benchmarks/bench_default.yaml --out bench-out        # resumable: rerun to finish
-fiberscope bench --config benchmarks/bench_default.yaml --out bench-out --methods ndtm,mpgd --seeds 0
-fiberscope bench --priors builtin:mnist-ddpm --subjects builtin:mnist-cnn@logits \\
-    --methods ndtm,dps,mpgd --queries 4 --n 4 --seeds 0,1 --out bench-quick"""
-
-
-def _list(v: Any, cast: Callable[[str], Any] = str) -> list[Any] | None:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return [cast(s.strip()) for s in v.split(",") if s.strip()]
-    return [cast(x) if isinstance(x, str) else x for x in v]
-
-
-@register_command
-def add_bench_command(subs: Any) -> None:
-    """Add ``bench`` to the ``fiberscope`` command."""
-    p = _sub(
-        subs, "bench", "compare guidance methods: fiber loss, NN baseline, realism, diversity, cost", EXAMPLE, cmd_bench
-    )
-    p.add_argument("--out", default="bench-out", help="output directory (default bench-out); reruns resume in it")
-    p.add_argument(
-        "--methods", dest="select_methods", metavar="NAMES", help="comma list: run only these methods (and baselines)"
-    )
-    p.add_argument("--priors", help="comma list of prior specs (replaces the config's)")
-    p.add_argument("--subjects", help="comma list of subject specs, SPEC@LAYER (replaces the config's)")
-    p.add_argument("--queries", type=int, help="queries per pair")
-    p.add_argument("--query-seed", type=int, help="seed of the query set")
-    p.add_argument("--seeds", help="comma list of sampling seeds")
-    p.add_argument("--n", type=int, help="samples per query and seed")
-    p.add_argument("--batch-size", type=int, help="samples per guidance batch")
-    p.add_argument("--metric", choices=sorted(LOSSES), help="headline fiber-loss form (default sq_l2)")
-    p.add_argument("--bank", type=int, help="real images searched for nearest neighbours (default all)")
-    p.add_argument("--real", type=int, help="real images for the realism Fréchet distance")
-    p.add_argument("--baselines", help=f"comma list among {', '.join(BASELINES)} ('none' for neither)")
-    p.add_argument("--device")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--title")
-    p.add_argument("--no-resume", action="store_true", help="recompute finished units")
-    p.add_argument("--dry-run", action="store_true", help="list the units and whether they are finished; run nothing")
-    # nested settings: from the config file only
-    for hidden in ("methods", "pairs", "augment", "reference", "classifier", "datasets"):
-        p.add_argument(f"--{hidden}-setting", dest=hidden, help=argparse.SUPPRESS)
-
-
-def _config_from_args(args: argparse.Namespace) -> BenchConfig:
-    d: dict[str, Any] = {}
-    for k in (
-        "methods",
-        "priors",
-        "subjects",
-        "pairs",
-        "queries",
-        "query_seed",
-        "seeds",
-        "n",
-        "batch_size",
-        "metric",
-        "bank",
-        "real",
-        "baselines",
-        "augment",
-        "reference",
-        "classifier",
-        "datasets",
-        "device",
-        "threads",
-        "title",
-    ):
-        v = getattr(args, k, None)
-        if v is not None:
-            d[k] = v
-    for k in ("priors", "subjects", "baselines"):
-        if k in d:
-            d[k] = [x for x in _list(d[k]) or [] if x != "none"]
-    if "seeds" in d:
-        d["seeds"] = _list(d["seeds"], int)
-    for k in ("methods", "augment", "reference", "classifier", "datasets"):
-        if isinstance(d.get(k), str):
-            try:
-                d[k] = json.loads(d[k])
-            except json.JSONDecodeError:
-                raise CLIError(f"{k} must be a mapping (give it in the --config file)", EXIT["usage"]) from None
-    sel = _list(getattr(args, "select_methods", None))
-    if sel:
-        # --methods on the command line kept the config's `methods` mapping out of args: read it here
-        given = d.get("methods") or {}
-        if not given and getattr(args, "config", None):
-            from .cli import load_config_file
-
-            given = load_config_file(args.config).get("methods") or {}
-        d["methods"] = {m: given.get(m, m) for m in sel if m not in BASELINES}
-        if "baselines" not in d:
-            d["baselines"] = [m for m in sel if m in BASELINES]
-    try:
-        return BenchConfig.from_dict(d)
-    except (TypeError, ValueError) as e:
-        raise CLIError(f"bench: {e}", EXIT["usage"]) from None
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    cfg = _config_from_args(args)
-    out = Path(args.out)
-    if args.dry_run:
-        for pair in cfg.resolved_pairs():
-            for name in list(cfg.methods) + list(cfg.baselines):
-                if name in cfg.methods and not method_applies(cfg.methods[name], pair):
-                    continue
-                for seed in cfg.seeds[:1] if name == "nn" else cfg.seeds:
-                    f = out / "units" / pair.key / f"{_slug(name)}__seed{seed}.json"
-                    print(f"{pair.key}  {name:12s} seed {seed}  {'finished' if f.exists() else 'to run'}")
-        return 0
-    for name, spec in cfg.methods.items():  # fail on a bad method before any model is loaded
-        for pair in cfg.resolved_pairs():
-            if not method_applies(spec, pair):
-                continue
-            try:
-                resolve_method(spec, pair.prior)
-            except ValueError as e:
-                raise CLIError(f"bench: method {name!r}: {e}", EXIT["usage"]) from None
-    result = run_bench(cfg, out, resume=not args.no_resume, progress=not args.quiet)
-    print(
-        f"wrote {out / 'bench.md'}, {out / 'results.json'}, {out / 'loss_vs_cost.png'}, {out / 'loss_vs_realism.png'}"
-    )
-    print(f"{len(result['rows'])} rows in {result['seconds']:.0f}s")
-    return 0

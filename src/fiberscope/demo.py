@@ -115,9 +115,12 @@ def run_demo(
 
     Returns the JSON record. ``quick=True`` runs a reduced budget (seconds, for tests).
     """
-    import fiberscope as fs
-
     from .analysis.invariances import probe_invariances
+    from .api import sample_fiber
+    from .guidance.ndtm import NDTM
+    from .guidance.unguided import Unguided
+    from .loading import load_prior, load_subject
+    from .losses import fiber_loss
     from .metrics.neighbours import embed, nearest_neighbour
     from .report.html import Report
     from .report.invariances import add_fiber_section, variation_image
@@ -146,23 +149,23 @@ def run_demo(
     )
     for sec in sections:
         t_sec = time.perf_counter()
-        prior = fs.load_prior(sec.prior, device=device)
-        subject = fs.load_subject(sec.subject, sec.layer, device=device)
-        method = fs.NDTM.preset(sec.preset, **sec.overrides)
+        prior = load_prior(sec.prior, device=device)
+        subject = load_subject(sec.subject, sec.layer, device=device)
+        method = NDTM.preset(sec.preset, **sec.overrides)
         bank, labels = real_images(sec.dataset, "test", seed=seed)
 
         def phi(x: torch.Tensor, s: Any = subject, p: Any = prior) -> torch.Tensor:
             return s(x.to(p.device), p.data_range)
 
         bank_feats = embed(phi, bank)
-        unguided = fs.sample_fiber(
+        unguided = sample_fiber(
             subject,
             bank[:1],
             prior,
             n=sec.n,
             seed=seed + 1,
             progress=False,
-            method=fs.Unguided(**_unguided_settings(sec.prior, quick)),
+            method=Unguided(**_unguided_settings(sec.prior, quick)),
         )
         sec_rec: dict[str, Any] = {
             "key": sec.key,
@@ -178,11 +181,9 @@ def run_demo(
         summary_rows = []
         for qi, idx in enumerate(_pick_queries(labels, sec.labels)):
             query = bank[idx : idx + 1]
-            res = fs.sample_fiber(
-                subject, query, prior, n=sec.n, method=method, seed=seed + 100 * qi, progress=progress
-            )
+            res = sample_fiber(subject, query, prior, n=sec.n, method=method, seed=seed + 100 * qi, progress=progress)
             nn = nearest_neighbour(res.target, bank_feats, "sq_l2", exclude=idx)
-            ung_loss = fs.fiber_loss(unguided.features, res.target, "sq_l2")
+            ung_loss = fiber_loss(unguided.features, res.target, "sq_l2")
             name = f"{sec.key}_query{qi}_label{int(labels[idx])}"
             res.save(out / name)
             grid = res.grid(nn_image=bank[nn.index], nn_loss=nn.loss)

@@ -42,6 +42,7 @@ from typing import Any
 
 __all__ = [
     "EXIT",
+    "BaselineNotTrainedError",
     "CLIError",
     "CheckpointError",
     "FiberscopeError",
@@ -57,6 +58,8 @@ __all__ = [
     "ParameterTypeError",
     "PickleRefusedError",
     "QueryError",
+    "ShardError",
+    "StagingLostError",
     "SubjectError",
     "SubjectGradientError",
     "UsageError",
@@ -133,10 +136,18 @@ class SubjectError(InputError):
     """A subject that fails on the query (a shape mismatch, or an error raised inside it): names it and why."""
 
 
+class ShardError(UsageError):
+    """Inconsistent sharding options or launcher variables of an audit (names them and the fix)."""
+
+
 class ModelNotAvailableError(FiberscopeError, ValueError):
     """A model id that cannot be loaded here: unknown, not in the local cache (no hub is reached), or not trained."""
 
     exit_code = EXIT["model"]
+
+
+class BaselineNotTrainedError(ModelNotAvailableError, FileNotFoundError):
+    """A trained baseline (or a model it was trained on) has no weights yet."""
 
 
 class WeightsError(FiberscopeError, ValueError):
@@ -169,14 +180,20 @@ class SubjectGradientError(NumericalError, ValueError):
 
 
 class OutputError(FiberscopeError, OSError):
-    """The output cannot be written: full disk, permissions, a read-only file system, a file in the way."""
+    """The output cannot be written: full disk, permissions, a read-only file system, a file in the way.
+
+    Built like an ``OSError``: ``OutputError(errno.ENOSPC, "No space left on device (writing out/x)")``.
+    """
 
     exit_code = EXIT["output"]
-    is_output_error = True
 
 
 class OutputWriteError(OutputError):
-    """Writing a unit's result failed (full disk, permissions, read-only file system): the audit stops."""
+    """Writing a result failed (full disk, permissions, read-only file system): the audit or the report stops."""
+
+
+class StagingLostError(OutputError):
+    """This process's staging directory was removed or replaced while it was being written (an audit or sample)."""
 
 
 class CLIError(FiberscopeError):
@@ -226,7 +243,7 @@ def classify(e: BaseException) -> tuple[int, str]:
         msg = str(e)
         if isinstance(e, PickleRefusedError):
             msg = msg.replace("pass trust_pickle=True", "pass --trust-pickle")
-        if isinstance(e, OutputWriteError):
+        if isinstance(e, OutputError):
             msg = f"cannot write output: {e.strerror or msg}; free space, fix permissions or choose another --out"
         return code, msg
     if type(e).__name__ == "SafetensorError" or any(s in str(e) for s in _SAFETENSORS):
@@ -244,8 +261,6 @@ def classify(e: BaseException) -> tuple[int, str]:
             f"out of memory ({type(e).__name__}: {_short(e, 160)}); lower --batch-size (batch_size=) or the number "
             "of samples, or use a smaller dtype or a larger device"
         )
-    if isinstance(e, OSError) and getattr(e, "is_output_error", False):  # duck-typed output errors
-        return EXIT["output"], f"cannot write output: {e.strerror}; free space, fix permissions or choose another --out"
     if isinstance(e, OSError) and e.errno in _OUTPUT_ERRNOS and not isinstance(e, FileNotFoundError):
         where = f" ({e.filename})" if e.filename else ""
         return EXIT["output"], f"cannot write output: {e.strerror}{where}; free space or choose another --out"

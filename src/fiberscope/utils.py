@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes, file digests, signal handling, JSON of numpy/torch values.
+"""Small shared helpers: atomic file writes, file digests, signal handling, JSON of numpy/torch values,
+option files (YAML or TOML).
 
 Files written here honour the process's umask like any ``open()``: the temporary file is created
 with mode ``0o666`` and the kernel applies the umask (and a directory's default ACL), so a team's
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import UsageError
+
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
@@ -28,6 +31,7 @@ __all__ = [
     "file_sha256",
     "is_rank_zero",
     "jsonable",
+    "load_config_file",
     "signals_deferred",
     "sigterm_as_interrupt",
     "temp_owner_token",
@@ -226,3 +230,37 @@ def is_rank_zero() -> bool:
         if v not in (None, "", "0"):
             return False
     return True
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file: ``{option: value}``.
+
+    Option names have ``-`` replaced by ``_`` (``inner-steps`` and ``inner_steps`` are the same).
+
+    Raises:
+        UsageError: the file is missing, not valid YAML/TOML, or not a mapping (exit code 2).
+
+    Example:
+        >>> load_config_file("bench.yaml")["methods"]                 # doctest: +SKIP
+        {'ndtm': 'builtin-mnist'}
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {p} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as e:
+        raise UsageError(f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {p} must hold a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -281,21 +281,22 @@ def compare_subjects(
     Returns:
         :class:`ComparisonResult`.
     """
-    import fiberscope as fs
-
+    from ..api import sample_fiber
+    from ..guidance.ndtm import NDTM
+    from ..loading import load_prior, load_subject
     from ..metrics.agreement import cross_model_agreement
     from ..metrics.neighbours import embed
     from .invariances import probe_invariances, unguided_samples
 
     if len(subjects) < 2:
         raise ValueError("compare needs at least two subjects (e.g. --subjects A B)")
-    p = fs.load_prior(prior, device=device)
+    p = load_prior(prior, device=device)
     prior_name = str(getattr(p, "name", prior))
     parsed = [parse_subject(s) for s in subjects]
     names = [nm for _, _, nm in parsed]
     if len(set(names)) != len(names):
         raise ValueError(f"subjects {names} repeat a name; give each subject once")
-    subs = [fs.load_subject(s, layer, device=p.device) for s, layer, _ in parsed]
+    subs = [load_subject(s, layer, device=p.device) for s, layer, _ in parsed]
     q_all, q_names = _load_queries(queries, p)
     q_all = q_all.to(p.device)
     entry = None
@@ -306,7 +307,7 @@ def compare_subjects(
     if (
         method is None
     ):  # the zoo's tuned preset for a builtin prior (as the CLI picks it), else NDTM() (resolved per prior)
-        method = fs.NDTM.preset(entry.preset) if entry is not None and entry.preset else fs.NDTM()
+        method = NDTM.preset(entry.preset) if entry is not None and entry.preset else NDTM()
     bank_note = "given"
     if bank is None:
         if entry is not None:
@@ -335,7 +336,7 @@ def compare_subjects(
     for a, sa in enumerate(subs):
         for qi in range(nq):
             q = q_all[qi : qi + 1]
-            res = fs.sample_fiber(sa, q, p, n=n, method=method, seed=seed, progress=progress, metric=metric)
+            res = sample_fiber(sa, q, p, n=n, method=method, seed=seed, progress=progress, metric=metric)
             fibers[a].append(res)
             invs[a].append(probe_invariances(res, unguided=unguided, seed=seed) if probe else None)
             for b, sb in enumerate(subs):

@@ -189,11 +189,11 @@ def _fiber_inputs(
 
 def unguided_samples(prior: str | Prior, n: int, seed: int = 0, device: str | None = None) -> torch.Tensor:
     """``n`` samples of the prior alone (the zoo's sampling settings for a builtin prior), in its data range."""
-    import fiberscope as fs
-
+    from ..api import sample_fiber
     from ..guidance.unguided import Unguided
+    from ..loading import load_prior
 
-    p = fs.load_prior(prior, device=device)
+    p = load_prior(prior, device=device)
     settings: dict[str, Any] = {"steps": 50}
     name = str(getattr(p, "name", ""))
     if name.startswith("builtin:"):
@@ -204,7 +204,7 @@ def unguided_samples(prior: str | Prior, n: int, seed: int = 0, device: str | No
             settings = dict(entry.sampling)
     shape = tuple(getattr(p, "image_shape", None) or p.data_shape)
     lo = p.data_range[0] if p.data_range else -1.0
-    res = fs.sample_fiber(
+    res = sample_fiber(
         lambda x: x.flatten(1)[:, :1],
         torch.full((1, *shape), float(lo)),
         p,

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..subjects.base import Subject, load_subject
+from ..loading import load_subject
+from ..subjects.base import Subject
 
 __all__ = [
     "E2E_CASES",
@@ -145,8 +146,8 @@ def end_to_end_rows(
     log: Callable[[str], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample each case's fiber of the first test digit of each label (the zoo's preset), and probe it."""
-    import fiberscope as fs
-
+    from ..api import sample_fiber
+    from ..guidance.ndtm import NDTM
     from ..zoo.evaluate import real_images
     from ..zoo.registry import ZOO
     from .invariances import probe_invariances, unguided_samples
@@ -166,13 +167,13 @@ def end_to_end_rows(
         for label in labels:
             idx = int((lab == label).nonzero()[0])
             t0 = time.perf_counter()
-            res = fs.sample_fiber(
+            res = sample_fiber(
                 case.subject(),
                 bank[idx : idx + 1],
                 case.prior,
                 n=n,
                 seed=seed,
-                method=fs.NDTM.preset(preset),
+                method=NDTM.preset(preset),
                 progress=False,
             )
             rep = probe_invariances(res, unguided=refs[case.prior], seed=seed)

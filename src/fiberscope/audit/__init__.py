@@ -9,9 +9,10 @@ Example:
     >>> run.counts(), [e.line for e in man.errors]                               # doctest: +SKIP
 """
 
+from .._deprecated import moved
 from .manifest import Manifest, ManifestError, ManifestLineError, WorkUnit, parse_manifest, read_manifest
-from .runner import AuditRun, ModelCache, OutputWriteError, RunOptions, UnitResult, run_audit, run_unit, write_summary
-from .sharding import ShardError, ShardInfo, resolve_shard, shard_units, split_units
+from .runner import AuditRun, ModelCache, RunOptions, UnitResult, run_audit, run_unit, write_summary
+from .sharding import ShardInfo, resolve_shard, shard_units, split_units
 
 __all__ = [
     "AuditRun",
@@ -19,9 +20,7 @@ __all__ = [
     "ManifestError",
     "ManifestLineError",
     "ModelCache",
-    "OutputWriteError",
     "RunOptions",
-    "ShardError",
     "ShardInfo",
     "UnitResult",
     "WorkUnit",
@@ -34,3 +33,8 @@ __all__ = [
     "split_units",
     "write_summary",
 ]
+
+__getattr__ = moved(
+    __name__,
+    {"OutputWriteError": "fiberscope.errors:OutputWriteError", "ShardError": "fiberscope.errors:ShardError"},
+)

@@ -188,7 +188,7 @@ def audit_neighbours(
     from ..losses import get_loss
 
     if load_subject is None:
-        from ..subjects.base import load_subject as _load_subject
+        from ..loading import load_subject as _load_subject
 
         load_subject = _load_subject
     root = Path(results)

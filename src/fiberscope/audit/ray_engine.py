@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import OutputWriteError
 from .manifest import WorkUnit
-from .runner import ModelCache, OutputWriteError, RunOptions, UnitResult, run_unit
+from .runner import ModelCache, RunOptions, UnitResult, run_unit
 
 __all__ = ["AuditWorker", "run_units_ray"]
 

@@ -43,13 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import errors
+from .._deprecated import moved
 from ..utils import atomic_write_json, atomic_write_text, is_rank_zero, jsonable, signals_deferred
 from .manifest import Manifest, WorkUnit, query_digest
 from .sharding import ShardInfo, shard_units
 from .store import (
     Check,
     Staging,
-    StagingLostError,
     check_result,
     commit,
     describe_writers,
@@ -67,7 +68,6 @@ from .store import (
 __all__ = [
     "AuditRun",
     "ModelCache",
-    "OutputWriteError",
     "RunOptions",
     "UnitResult",
     "run_audit",
@@ -75,12 +75,6 @@ __all__ = [
     "unit_status",
     "write_summary",
 ]
-
-
-class OutputWriteError(OSError):
-    """Writing a unit's result failed (full disk, permissions, read-only file system): the audit stops."""
-
-    is_output_error = True
 
 
 @dataclass
@@ -194,12 +188,12 @@ class ModelCache:
         load_prior: Callable[..., Any] | None = None,
         load_subject: Callable[..., Any] | None = None,
     ):
-        import fiberscope as fs
+        from .. import loading
 
         self.options = options or RunOptions()
         self.device = self.options.device or _default_device()
-        self._load_prior = load_prior or fs.load_prior
-        self._load_subject = load_subject or fs.load_subject
+        self._load_prior = load_prior or loading.load_prior
+        self._load_subject = load_subject or loading.load_subject
         self._priors: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._subjects: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self.loads: Counter[tuple[Any, ...]] = Counter()
@@ -260,8 +254,8 @@ def _failure_path(out: Path, unit: WorkUnit) -> Path:
     return out / "failed" / f"{unit.dirname}.json"
 
 
-def _output_error(e: OSError, where: Path | str) -> OutputWriteError:
-    return OutputWriteError(e.errno, f"{e.strerror} (writing {e.filename or where})")
+def _output_error(e: OSError, where: Path | str) -> errors.OutputWriteError:
+    return errors.OutputWriteError(e.errno, f"{e.strerror} (writing {e.filename or where})")
 
 
 def _write_failure(root: Path, unit: WorkUnit, record: dict[str, Any]) -> None:
@@ -380,7 +374,7 @@ def run_unit(
 
     Failures of the unit itself (a bad image, an unavailable model, a subject without gradient,
     NaN) are returned as ``status="failed"`` with a one-line message, and recorded under
-    ``OUT/failed/``. A failure to *write* raises :class:`OutputWriteError`. On any interruption
+    ``OUT/failed/``. A failure to *write* raises :class:`~fiberscope.errors.OutputWriteError`. On any interruption
     (Ctrl-C, SIGTERM turned into KeyboardInterrupt) the half-written staging directory is removed.
 
     Args:
@@ -415,7 +409,7 @@ def run_unit(
 
 def _run_locked(unit: WorkUnit, root: Path, cache: ModelCache, options: RunOptions) -> UnitResult:
     from ..api import sample_fiber
-    from ..cli import EXIT, CLIError, _error_code, method_from_spec
+    from ..guidance.registry import method_from_spec
 
     units_dir = root / "units"
     final = units_dir / unit.dirname
@@ -449,13 +443,12 @@ def _run_locked(unit: WorkUnit, root: Path, cache: ModelCache, options: RunOptio
             progress=options.progress and is_rank_zero(),
         )
         if query_digest(unit.query_path) != unit.query_sha256:
-            raise CLIError(
+            raise errors.InputError(
                 f"query file {unit.query_path} changed while the audit ran (its SHA-256 is not the one read "
-                "with the manifest); run the audit again",
-                EXIT["input"],
+                "with the manifest); run the audit again"
             )
     except Exception as e:
-        code, msg = _error_code(e)
+        code, msg = errors.classify(e)
         msg = one_line(msg)
         _write_failure(
             root,
@@ -486,7 +479,7 @@ def _run_locked(unit: WorkUnit, root: Path, cache: ModelCache, options: RunOptio
             seal(staging, len(res))
             committed = commit(staging, final, n=unit.n)
             break
-        except StagingLostError as e:  # only without working locks between hosts: write it again
+        except errors.StagingLostError as e:  # only without working locks between hosts: write it again
             staging.discard()
             if attempt:
                 raise _output_error(e, staging.path) from e
@@ -728,7 +721,7 @@ def run_audit(
 
         for r in results:
             if r.status == "output-error":
-                raise OutputWriteError(errno.EIO, r.error or "cannot write output")
+                raise errors.OutputWriteError(errno.EIO, r.error or "cannot write output")
             if r.status == "busy":  # the engine comes back to it at the end, waiting for the lock
                 say(f"unit {r.line}: being written by {r.error}; coming back to it at the end [{r.dirname}]")
                 continue
@@ -775,7 +768,10 @@ def run_audit(
                 run.report = write_results_report(root, title=f"fiberscope audit: {root.name}")
         except Exception as e:
             if state == "finished":  # otherwise the original error is the one to report
-                if isinstance(e, OSError) and not isinstance(e, OutputWriteError):
-                    raise OutputWriteError(e.errno, f"{e.strerror} (writing the summary in {root})") from e
+                if isinstance(e, OSError) and not isinstance(e, errors.OutputWriteError):
+                    raise errors.OutputWriteError(e.errno, f"{e.strerror} (writing the summary in {root})") from e
                 raise
     return run
+
+
+__getattr__ = moved(__name__, {"OutputWriteError": "fiberscope.errors:OutputWriteError"})

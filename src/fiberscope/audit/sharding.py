@@ -30,13 +30,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["ShardError", "ShardInfo", "resolve_shard", "shard_units", "split_units"]
+from .. import errors
+from .._deprecated import moved
+
+__all__ = ["ShardInfo", "resolve_shard", "shard_units", "split_units"]
 
 T = TypeVar("T")
-
-
-class ShardError(ValueError):
-    """Inconsistent sharding options or launcher variables (names them and the fix)."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +51,12 @@ def _int_env(env: Mapping[str, str], name: str) -> int:
     try:
         return int(env[name])
     except ValueError:
-        raise ShardError(f"environment variable {name}={env[name]!r} is not an integer") from None
+        raise errors.ShardError(f"environment variable {name}={env[name]!r} is not an integer") from None
 
 
 def _checked(index: int, count: int, source: str, fix: str) -> ShardInfo:
     if count < 1 or not 0 <= index < count:
-        raise ShardError(f"shard index {index} is not in [0, {count}) (from {source}); {fix}")
+        raise errors.ShardError(f"shard index {index} is not in [0, {count}) (from {source}); {fix}")
     return ShardInfo(index, count, source)
 
 
@@ -90,7 +89,7 @@ def resolve_shard(
     """
     env = os.environ if env is None else env
     if (num_shards is None) != (shard_index is None):
-        raise ShardError(
+        raise errors.ShardError(
             "give both --num-shards and --shard-index, or neither (then the launcher's variables are used)"
         )
     if num_shards is not None and shard_index is not None:
@@ -127,3 +126,6 @@ def shard_units(units: Sequence[Any], shard: ShardInfo) -> list[Any]:
     """This shard's units: sorted by (prior, subject, layer, key), then :func:`split_units`."""
     ordered = sorted(units, key=lambda u: (*u.model_key, u.key))
     return split_units(ordered, shard.index, shard.count)
+
+
+__getattr__ = moved(__name__, {"ShardError": "fiberscope.errors:ShardError"})

@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import errors
+from .._deprecated import moved
 from ..utils import atomic_write_json, file_sha256, signals_deferred
 
 __all__ = [
@@ -63,7 +65,6 @@ __all__ = [
     "Check",
     "Owner",
     "Staging",
-    "StagingLostError",
     "check_result",
     "commit",
     "expected_files",
@@ -84,12 +85,6 @@ DEFAULT_STALE_SECONDS = 3600.0
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _RESULT_FILE = re.compile(r"^(sample_\d{3,}\.png|grid\.png|query\.png|samples\.npz|record\.json)$")
-
-
-class StagingLostError(OSError):
-    """This process's staging directory was removed or replaced while it was being written."""
-
-    is_output_error = True
 
 
 def stale_seconds() -> float:
@@ -418,7 +413,7 @@ def seal(staging: Staging, n: int, *, pngs: bool = True, extra: dict[str, Any] |
     """
     d = staging.path
     if not staging.intact():
-        raise StagingLostError(
+        raise errors.StagingLostError(
             errno.ENOENT, f"staging directory {d} was removed or replaced while this process was writing it"
         )
     files: dict[str, dict[str, Any]] = {}
@@ -426,7 +421,7 @@ def seal(staging: Staging, n: int, *, pngs: bool = True, extra: dict[str, Any] |
         try:
             files[name] = {"size": (d / name).stat().st_size, "sha256": file_sha256(d / name)}
         except FileNotFoundError:
-            raise StagingLostError(errno.ENOENT, f"{name} vanished from staging directory {d}") from None
+            raise errors.StagingLostError(errno.ENOENT, f"{name} vanished from staging directory {d}") from None
     rec = json.loads((d / "record.json").read_text())
     if extra:
         rec["config"] = {**rec.get("config", {}), **extra}
@@ -605,7 +600,9 @@ def commit(staging: Staging, final: Path, *, n: int | None = None) -> bool:
     with signals_deferred():
         staging.close()
         if not staging.intact():
-            raise StagingLostError(errno.ENOENT, f"staging directory {staging.path} was removed while being written")
+            raise errors.StagingLostError(
+                errno.ENOENT, f"staging directory {staging.path} was removed while being written"
+            )
         if final.exists():
             if check_result(final, n=n).ok:
                 remove_tree(staging.path)
@@ -661,3 +658,6 @@ def install(staging: Staging, target: Path) -> bool:
         _fsync_dir(target)
         remove_tree(staging.path)
     return replaced
+
+
+__getattr__ = moved(__name__, {"StagingLostError": "fiberscope.errors:StagingLostError"})

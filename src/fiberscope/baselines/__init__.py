@@ -16,8 +16,9 @@ trained approaches, on the same subjects, queries and metrics (``docs/trained-ba
 Train with ``fiberscope baselines train NAME`` (or ``all``); weights go to
 ``~/.cache/fiberscope/baselines/NAME`` (``$FIBERSCOPE_BASELINES_DIR`` or ``--root`` to change).
 :class:`TrainedBaseline` makes any of them a guidance method for ``fs.sample_fiber`` and
-``fiberscope bench`` (``{name: trained, model: cfm-l10}``). Importing this package also registers
-the ``baseline:`` subject prefix (``baseline:svae-mnist``: the supervised VAE's own classifier).
+``fiberscope bench`` (``{name: trained, model: cfm-l10}``). The ``baseline:`` subject prefix of
+:func:`fiberscope.load_subject` (``baseline:svae-mnist``: the supervised VAE's own classifier) needs no
+import of this package: :mod:`fiberscope.loading` knows it.
 
 Example:
     >>> import fiberscope as fs
@@ -28,11 +29,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..subjects.registry import SUBJECT_PREFIXES
+from .._deprecated import moved
 from .cfm import ConditionalFlowMatching
-from .common import BaselineNotTrainedError, Codec, baselines_root, model_dir
+from .common import Codec, baselines_root, model_dir
 from .featinv import FeatInvUNet
 from .flows import ConditionalINN
 from .model import TrainedBaseline, TrainedModel, load_baseline, load_baseline_subject
@@ -42,7 +41,6 @@ from .svae import SupervisedVAE, SVAEHead
 __all__ = [
     "RECIPES",
     "TRAIN_ORDER",
-    "BaselineNotTrainedError",
     "Codec",
     "ConditionalFlowMatching",
     "ConditionalINN",
@@ -59,12 +57,4 @@ __all__ = [
     "train_all",
 ]
 
-
-def _baseline_subject(name: str, layer: Any, input_range: tuple[float, float] | None, **options: Any) -> Any:
-    root = options.pop("root", None)
-    if options:
-        raise TypeError(f"baseline:{name} takes only root= (got {sorted(options)})")
-    return load_baseline_subject(name, layer, root=root)
-
-
-SUBJECT_PREFIXES.setdefault("baseline", _baseline_subject)
+__getattr__ = moved(__name__, {"BaselineNotTrainedError": "fiberscope.errors:BaselineNotTrainedError"})

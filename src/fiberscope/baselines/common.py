@@ -25,13 +25,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import ModelNotAvailableError
+from .. import errors
+from .._deprecated import moved
 from ..losses import rms
 from ..models import ConvVAE
 from ..utils import file_sha256
+from ..zoo.registry import weights_dir
 
 __all__ = [
-    "BaselineNotTrainedError",
     "Codec",
     "baselines_root",
     "file_digest",
@@ -39,10 +40,6 @@ __all__ = [
     "read_json",
     "rms_fiber_loss",
 ]
-
-
-class BaselineNotTrainedError(ModelNotAvailableError, FileNotFoundError):
-    """A trained baseline (or a model it was trained on) has no weights yet."""
 
 
 def baselines_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -143,11 +140,9 @@ class Codec(nn.Module):
     @classmethod
     def from_zoo(cls, name: str = "colormnist-latent") -> Codec:
         """The VAE of a zoo latent prior (``builtin:NAME``), without its denoiser."""
-        from ..zoo.registry import weights_dir
-
         d = weights_dir(name)
         if not (d / "vae.safetensors").exists():
-            raise BaselineNotTrainedError(
+            raise errors.BaselineNotTrainedError(
                 f"builtin:{name} has no VAE weights in {d} yet; train them with `fiberscope zoo train {name}` "
                 "(the conditional baselines model its latent space)"
             )
@@ -172,3 +167,6 @@ class Codec(nn.Module):
         out = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
         out.update({"shift": self.shift, "scale": self.scale})
         return out
+
+
+__getattr__ = moved(__name__, {"BaselineNotTrainedError": "fiberscope.errors:BaselineNotTrainedError"})

@@ -20,12 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import BaselineNotTrainedError
 from ..guidance.base import SampleNoise
 from ..losses import sq_l2
 from ..subjects.base import Subject
 from ..training import TrainConfig, run_training
 from ..training.data import image_tensors
-from .common import BaselineNotTrainedError, rms_fiber_loss
+from .common import rms_fiber_loss
 from .featinv import FeatInvUNet
 from .training_common import (
     Log,

@@ -27,12 +27,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..errors import BaselineNotTrainedError
 from ..guidance.base import FiberObjective, GuidanceMethod, SampleNoise, StepCallback, Trajectory
 from ..priors.base import CallablePrior, Prior
 from ..priors.latent import LatentPrior
 from ..priors.schedule import VPSchedule
 from .cfm import ConditionalFlowMatching
-from .common import BaselineNotTrainedError, Codec, file_digest, model_dir, read_json
+from .common import Codec, file_digest, model_dir, read_json
 from .featinv import FeatInvUNet
 from .flows import ConditionalINN
 from .svae import SupervisedVAE, SVAEHead

@@ -43,10 +43,11 @@ from typing import Any
 import torch
 
 from .._deprecated import moved
+from ..errors import BaselineNotTrainedError
 from ..models import UNET_28
 from ..training import TrainConfig
 from ..utils import jsonable
-from .common import BaselineNotTrainedError, baselines_root, model_dir, read_json
+from .common import baselines_root, model_dir, read_json
 from .conditional_training import LatentPairs, fit_autoencoder, fit_conditional, train_conditional
 from .featinv_training import fit_featinv, train_featinv
 from .svae_training import fit_svae, train_svae

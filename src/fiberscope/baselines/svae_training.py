@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..loading import load_subject
 from ..losses import sq_l2
-from ..subjects.base import Subject, load_subject
+from ..subjects.base import Subject
 from ..training import TrainConfig, run_training
 from ..training.data import image_tensors, split_labels, with_labels
 from .common import rms_fiber_loss

@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelNotAvailableError
-from ..subjects.base import Subject, load_subject
+from ..errors import BaselineNotTrainedError, ModelNotAvailableError
+from ..loading import load_subject
+from ..subjects.base import Subject
 from ..training import TrainConfig, loss_record, save_safetensors
 from ..training.data import in_batches
 from ..utils import atomic_write_json, jsonable
-from .common import BaselineNotTrainedError, file_digest, read_json
+from .common import file_digest, read_json
 
 __all__ = [
     "Log",

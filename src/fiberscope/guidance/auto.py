@@ -237,8 +237,7 @@ def registered_preset(prior: Any) -> str | None:
     """The NDTM preset registered for ``prior`` (a spec or a Prior; the zoo's ``builtin:`` priors), or None."""
     from .registry import _default_preset
 
-    name = prior if isinstance(prior, str) else getattr(prior, "name", None)
-    return _default_preset(str(name)) if name else None
+    return _default_preset(prior) if isinstance(prior, str) else getattr(prior, "preset", None)
 
 
 def scale_free_default(prior: Any, **settings: Any) -> AutoNDTM:

@@ -106,7 +106,7 @@ class Reference:
 
 def load_reference(spec: str, layer: str | None = None, data_range: tuple[float, float] = (-1.0, 1.0)) -> Reference:
     """A :class:`Reference` from a subject spec (``builtin:NAME`` knows its channel count)."""
-    from ..subjects.base import load_subject
+    from ..loading import load_subject
 
     channels = None
     if spec.startswith("builtin:"):

@@ -26,10 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import counting
+from .._deprecated import moved
 from ..runtime import autocast, to_channels_last
 from .schedule import Schedule
 
-__all__ = ["PARAMETERIZATIONS", "CallCounter", "CallablePrior", "Denoised", "Prior", "count_backward"]
+__all__ = ["PARAMETERIZATIONS", "CallablePrior", "Denoised", "Prior"]
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "velocity")
 
@@ -46,50 +48,6 @@ class Denoised:
     v: torch.Tensor | None = None
 
 
-@dataclass
-class CallCounter:
-    """Network evaluations, counted per *sample* (a batch of 8 is 8 evaluations)."""
-
-    prior_forwards: int = 0
-    prior_backwards: int = 0
-    subject_forwards: int = 0
-    subject_backwards: int = 0
-    decoder_forwards: int = 0
-    decoder_backwards: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-    def add(self, other: CallCounter) -> None:
-        for k, v in other.__dict__.items():
-            setattr(self, k, getattr(self, k) + v)
-
-    def forward_equivalents(self, backward_cost: float = 2.0) -> float:
-        """Total cost in forward-equivalents, a backward counted as ``backward_cost`` forwards."""
-        f = self.prior_forwards + self.subject_forwards + self.decoder_forwards
-        b = self.prior_backwards + self.subject_backwards + self.decoder_backwards
-        return f + backward_cost * b
-
-
-class _CountBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, counter, attr):
-        ctx.counter, ctx.attr, ctx.n = counter, attr, x.shape[0]
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        setattr(ctx.counter, ctx.attr, getattr(ctx.counter, ctx.attr) + ctx.n)
-        return grad, None, None
-
-
-def count_backward(x: torch.Tensor, counter: CallCounter | None, attr: str) -> torch.Tensor:
-    """Identity whose backward pass adds the batch size to ``counter.<attr>``."""
-    if counter is None or not x.requires_grad:
-        return x
-    return _CountBackward.apply(x, counter, attr)
-
-
 class Prior(nn.Module):
     """Base class of every prior. Subclasses implement :meth:`network` (raw model output).
 
@@ -100,6 +58,8 @@ class Prior(nn.Module):
         data_shape: shape of one state (latent shape for latent priors).
         data_range: ``(lo, hi)`` of decoded data (images), or None when unbounded.
         clip_range: default clip of x̂0 in state space (None: no clipping, e.g. latents).
+        preset: the NDTM preset tuned for this prior (``fiberscope presets``), or None; set by the
+            loader for the zoo's ``builtin:`` priors, read by the guidance defaults.
         counter: where network evaluations are counted (set by the sampler).
     """
 
@@ -112,10 +72,11 @@ class Prior(nn.Module):
     clip_range: tuple[float, float] | None = (-1.0, 1.0)
     is_latent: bool = False
     name: str = "prior"
+    preset: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
-        self.counter: CallCounter | None = None
+        self.counter: counting.CallCounter | None = None
         self.compute_dtype: torch.dtype = torch.float32
         #: autocast dtype of the network and decoder calls (set by ``sample_fiber(autocast=...)``)
         self.autocast_dtype: torch.dtype | None = None
@@ -155,7 +116,7 @@ class Prior(nn.Module):
         out = out.float().contiguous()
         if self.counter is not None:
             self.counter.prior_forwards += x_t.shape[0]
-            out = count_backward(out, self.counter, "prior_backwards")
+            out = counting.count_backward(out, self.counter, "prior_backwards")
         v = None
         if self.learned_variance:
             out, v = out.chunk(2, dim=1)
@@ -269,7 +230,7 @@ class CallablePrior(Prior):
         x = x.float() if x.is_floating_point() else x
         if self.counter is not None:
             self.counter.decoder_forwards += z.shape[0]
-            x = count_backward(x, self.counter, "decoder_backwards")
+            x = counting.count_backward(x, self.counter, "decoder_backwards")
         return x
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -278,3 +239,10 @@ class CallablePrior(Prior):
                 raise ValueError(f"prior {self.name!r} has no encoder; start from noise instead of the query")
             return x
         return self._encode(x)
+
+
+# CallCounter and count_backward count subject calls too: they live in fiberscope.counting
+__getattr__ = moved(
+    __name__,
+    {"CallCounter": "fiberscope.counting:CallCounter", "count_backward": "fiberscope.counting:count_backward"},
+)

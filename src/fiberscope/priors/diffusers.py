@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelNotAvailableError, WeightsError
+from ..hub import check_weights, offline_hub
 from .base import Prior, _check_param
 from .schedule import FlowSchedule, Schedule, VPSchedule
 
@@ -215,8 +216,6 @@ def _model_class(component_dir: Path) -> Any:
 
 def _load_component(component_dir: Path, trust_pickle: bool, dtype: torch.dtype | None) -> Any:
     """One model of a pipeline directory, frozen, from safetensors (or trusted pickles), offline."""
-    from .loading import check_weights, offline_hub
-
     fmt = check_weights(component_dir, trust_pickle=trust_pickle, what=component_dir.name)
     cls = _model_class(component_dir)
     kw: dict[str, Any] = {}
@@ -378,8 +377,6 @@ def encode_prompt(
 
     from diffusers import DiffusionPipeline
 
-    from .loading import check_weights, offline_hub
-
     root = Path(root)
     index = root / "model_index.json"
     names = _text_components(root)
@@ -496,8 +493,6 @@ def load_diffusers_prior(
             "scheduler/scheduler_config.json (the layout that DDPMPipeline, LDMPipeline or "
             "StableDiffusionPipeline.save_pretrained writes), or config.json + scheduler_config.json at the top"
         )
-    from .loading import check_weights
-
     sched_cfg = _scheduler_config(sched_file)  # checked before any weights are read
     check_weights(denoiser, trust_pickle=trust_pickle, what=denoiser.name)
     autoenc = next((root / d for d in _AUTOENCODERS if (root / d).is_dir()), None)

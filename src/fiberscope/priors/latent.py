@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..counting import count_backward
 from ..runtime import autocast
-from .base import Prior, _check_param, count_backward
+from .base import Prior, _check_param
 from .schedule import Schedule
 
 __all__ = ["LatentPrior"]

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import OutputWriteError
 from ..utils import atomic_write_text
 from .html import Report
 
@@ -171,7 +172,5 @@ def write_results_report(
     try:
         atomic_write_text(path, rep.render())
     except OSError as e:  # exit 6 in the CLI: "cannot write output: ...; choose another --out"
-        from ..audit.runner import OutputWriteError
-
         raise OutputWriteError(e.errno, f"{e.strerror} (writing {path})") from e
     return path

@@ -15,19 +15,18 @@ Example:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._deprecated import moved
+from ..counting import CallCounter, count_backward
 from ..errors import SubjectGradientError
-from ..priors.base import CallCounter, count_backward
 from ..runtime import autocast, to_channels_last
-from .hooks import LayerExtractor
 
-__all__ = ["Subject", "SubjectGradientError", "check_gradients", "load_subject"]
+__all__ = ["Subject", "SubjectGradientError", "check_gradients"]
 
 
 class Subject(nn.Module):
@@ -129,65 +128,4 @@ def check_gradients(subject: Subject, example: torch.Tensor, data_range: tuple[f
         )
 
 
-def load_subject(
-    spec: str | os.PathLike[str] | nn.Module | Callable[[torch.Tensor], Any] | Subject,
-    layer: str | Sequence[str] | Mapping[str, float] | None = None,
-    *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    input_range: tuple[float, float] | None = None,
-    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    name: str | None = None,
-    **options: Any,
-) -> Subject:
-    """Make a :class:`Subject` from a name, a module or a callable.
-
-    Args:
-        spec: ``"builtin:mnist-cnn"``, a library spec (``"timm:resnet50.a1_in1k"``,
-            ``"torchvision:resnet50"``, ``"open_clip:..."``, ``"hf:facebook/dinov2-base"``), any
-            ``nn.Module`` or callable, or a :class:`Subject`.
-        layer: a module path (``"layer4"``), a list of them, or ``{path: weight}``; features of
-            several layers are flattened and concatenated with √weight scaling.
-        device, dtype: where and in which dtype to run φ.
-        input_range: the value range φ expects (default: that of the spec, or the prior's).
-        preprocess: a differentiable transform applied before φ.
-        options: for library specs, the adapter's options, e.g. ``weights=`` (torchvision),
-            ``pretrained=`` (timm, open_clip), ``trust_pickle=`` (see :mod:`fiberscope.subjects.registry`).
-    """
-    if options and not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"options {sorted(options)} apply to named subjects ('timm:...', 'hf:...'), not to objects")
-    if isinstance(spec, Subject):
-        subject = spec
-        if layer is not None:
-            raise ValueError("layer= cannot be applied to an existing Subject; pass its module instead")
-    elif isinstance(spec, (str, os.PathLike)):
-        s = os.fspath(spec)
-        from .registry import load_named_subject
-
-        subject = load_named_subject(s, layer, input_range=input_range, preprocess=preprocess, **options)
-    elif isinstance(spec, nn.Module) or callable(spec):
-        fn: Any = spec
-        if layer is not None:
-            if not isinstance(spec, nn.Module):
-                raise ValueError("layer= needs an nn.Module subject (a plain callable has no named layers)")
-            if isinstance(layer, str):
-                fn = LayerExtractor(spec, [layer])
-            elif isinstance(layer, Mapping):
-                fn = LayerExtractor(spec, list(layer), list(layer.values()))
-            else:
-                fn = LayerExtractor(spec, list(layer))
-        label = name or (type(spec).__name__ if isinstance(spec, nn.Module) else getattr(spec, "__name__", "callable"))
-        subject = Subject(
-            fn,
-            input_range=input_range,
-            preprocess=preprocess,
-            name=str(label),
-            layer=dict(layer) if isinstance(layer, Mapping) else layer,
-        )
-    else:
-        raise TypeError(f"subject must be a name, an nn.Module or a callable, got {type(spec).__name__}")
-    if name:
-        subject.name = name
-    if device is not None or dtype is not None:
-        subject.to(device=device, dtype=dtype)
-    return subject
+__getattr__ = moved(__name__, {"load_subject": "fiberscope.loading:load_subject"})

@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModelNotAvailableError
+from ..hub import check_weights, offline_hub, resolve_hub_dir
 from .hooks import LayerExtractor
+from .library import LayerSpec, LibrarySubject, Multi, as_index, layer_list, local_or_hub, require
 from .preprocess import from_open_clip
-from .registry import LayerSpec, LibrarySubject, Multi, as_index, layer_list, local_or_hub, require
 
 __all__ = ["OpenClipImage", "build_open_clip_model", "load_open_clip_subject", "open_clip_layers"]
 
@@ -55,8 +57,6 @@ def build_open_clip_model(
     spec: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, info)`` for an open_clip spec, offline (see the module docstring for names)."""
-    from ..priors.loading import ModelNotAvailableError, check_weights, offline_hub
-
     spec = spec or f"open_clip:{name}"
     oc = require("open_clip", spec)
     kw: dict[str, Any] = {"device": "cpu", "precision": "fp32", "pretrained_text": False, **(model_kwargs or {})}
@@ -117,8 +117,6 @@ def build_open_clip_model(
 
 def _tag_weights(oc: Any, model_name: str, tag: str, spec: str, trust_pickle: bool) -> dict[str, Any]:
     """Arguments for ``create_model`` that load a pretrained tag's weights from the local cache only."""
-    from ..priors.loading import ModelNotAvailableError, check_weights, resolve_hub_dir
-
     cfg = oc.get_pretrained_cfg(model_name, tag)
     if not cfg:
         raise ValueError(

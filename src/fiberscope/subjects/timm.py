@@ -35,9 +35,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..errors import ModelNotAvailableError
+from ..hub import check_weights, offline_hub
 from .hooks import LayerExtractor
+from .library import LayerSpec, LibrarySubject, Multi, as_index, layer_list, local_or_hub, require
 from .preprocess import from_timm_config
-from .registry import LayerSpec, LibrarySubject, Multi, as_index, layer_list, local_or_hub, require
 
 __all__ = ["TimmFeatures", "build_timm_model", "load_timm_subject", "timm_layers"]
 
@@ -45,8 +47,6 @@ _SPECIAL = ("logits", "output", "pre_logits", "features")
 
 
 def _weights_file(directory: Path, trust_pickle: bool, spec: str, filename: str | None = None) -> Path:
-    from ..priors.loading import check_weights
-
     fmt = check_weights(directory, trust_pickle=trust_pickle, what=spec)
     names = ["model.safetensors", "open_clip_model.safetensors"] if fmt == "safetensors" else []
     names += [filename] if filename else []
@@ -70,8 +70,6 @@ def build_timm_model(
     spec: str | None = None,
 ) -> nn.Module:
     """A timm model by name, offline: weights from the local cache only (or random with ``pretrained=False``)."""
-    from ..priors.loading import ModelNotAvailableError, offline_hub
-
     spec = spec or f"timm:{name}"
     timm = require("timm", spec)
     kw = dict(model_kwargs or {})

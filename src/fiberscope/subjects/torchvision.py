@@ -32,9 +32,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..errors import ModelNotAvailableError
 from .hooks import LayerExtractor
+from .library import LayerSpec, LibrarySubject, combine, layer_list, require
 from .preprocess import from_torchvision_weights
-from .registry import LayerSpec, LibrarySubject, combine, layer_list, require
 
 __all__ = ["NodeFeatures", "load_torchvision_subject", "torchvision_layers"]
 
@@ -78,8 +79,6 @@ def cached_weights_path(weights: Any) -> Path:
 @contextlib.contextmanager
 def _cache_only(spec: str) -> Iterator[None]:
     """Make torchvision read weights only from torch's hub cache, with ``weights_only=True``, never downloading."""
-    from ..priors.loading import ModelNotAvailableError
-
     api = require("torchvision.models._api", spec)
     original = api.load_state_dict_from_url
 
@@ -100,8 +99,6 @@ def _cache_only(spec: str) -> Iterator[None]:
 
 def build_torchvision_model(name: str, weights: Any = "DEFAULT", spec: str | None = None) -> tuple[nn.Module, Any]:
     """``(model, weights_enum_or_None)`` for ``name`` (``"resnet50"`` or ``"resnet50/IMAGENET1K_V2"``), offline."""
-    from ..priors.loading import ModelNotAvailableError
-
     spec = spec or f"torchvision:{name}"
     tv = require("torchvision", spec)
     base, tag = _resolve(name, spec)
@@ -131,7 +128,7 @@ class NodeFeatures(nn.Module):
     Args:
         model: any module.
         nodes: node names as ``get_graph_node_names(model)`` lists them (module paths are nodes too).
-        weights: one weight per node for :func:`~fiberscope.subjects.registry.combine`.
+        weights: one weight per node for :func:`~fiberscope.subjects.library.combine`.
     """
 
     def __init__(self, model: nn.Module, nodes: list[str], weights: list[float], spec: str = "model"):

@@ -34,9 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..hub import check_weights, offline_hub
 from .hooks import LayerExtractor
+from .library import LayerSpec, LibrarySubject, Multi, as_index, layer_list, local_or_hub, require
 from .preprocess import from_hf_processor
-from .registry import LayerSpec, LibrarySubject, Multi, as_index, layer_list, local_or_hub, require
 
 __all__ = ["HFVisionFeatures", "hf_layers", "load_hf_subject"]
 
@@ -55,8 +56,6 @@ def _resolve_dir(name: str, spec: str) -> Path:
 
 
 def load_config(directory: Path, spec: str) -> Any:
-    from ..priors.loading import offline_hub
-
     tr = require("transformers", spec)
     with offline_hub():
         return tr.AutoConfig.from_pretrained(str(directory), local_files_only=True)
@@ -64,8 +63,6 @@ def load_config(directory: Path, spec: str) -> Any:
 
 def load_model(directory: Path, spec: str, trust_pickle: bool, auto: str = "AutoModel") -> nn.Module:
     """``AutoModel.from_pretrained`` from safetensors (or trusted pickles), offline, frozen."""
-    from ..priors.loading import check_weights, offline_hub
-
     tr = require("transformers", spec)
     fmt = check_weights(directory, trust_pickle=trust_pickle, what=spec)
     with offline_hub():
@@ -76,8 +73,6 @@ def load_model(directory: Path, spec: str, trust_pickle: bool, auto: str = "Auto
 
 
 def load_processor(directory: Path, spec: str) -> Any:
-    from ..priors.loading import offline_hub
-
     tr = require("transformers", spec)
     if not (directory / "preprocessor_config.json").is_file():
         raise FileNotFoundError(
@@ -270,7 +265,6 @@ def hf_layers(name: str, **_: Any) -> list[tuple[str, str]]:
         from .vlm import vlm_layers
 
         return vlm_layers(config)
-    from ..priors.loading import offline_hub
 
     with offline_hub():
         model = tr.AutoModel.from_config(config)

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .library import LayerSpec, LibrarySubject, layer_list
 from .preprocess import Preprocess, _get
-from .registry import LayerSpec, LibrarySubject, layer_list
 
 __all__ = ["Qwen2VLImageFeatures", "load_vlm_subject", "qwen2vl_preprocess", "vlm_layers"]
 

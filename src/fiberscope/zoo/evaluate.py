@@ -17,9 +17,10 @@ import torch
 
 from ..data.colormnist import colorize, decolorize
 from ..data.mnist import load_dataset
+from ..loading import load_builtin_prior, load_builtin_subject
 from ..metrics.colour import colour_histogram_stats
 from ..metrics.frechet import frechet_distance
-from .registry import ZOO, load_builtin_prior, load_builtin_subject
+from .registry import ZOO
 
 __all__ = ["colour_histogram_stats", "evaluate", "evaluate_prior", "evaluate_subject", "real_images"]
 
@@ -50,7 +51,8 @@ def evaluate_prior(
     name: str, n: int = 1000, seed: int = 0, steps: int | None = None, batch_size: int = 250, progress: bool = True
 ) -> dict[str, Any]:
     """Fréchet ratio (samples vs real, over real vs real) in the judge classifier's logit space."""
-    import fiberscope as fs
+    from ..api import sample_fiber
+    from ..guidance.unguided import Unguided
 
     entry = ZOO[name]
     prior = load_builtin_prior(name)
@@ -62,14 +64,14 @@ def evaluate_prior(
     if steps is not None:
         sampling["steps"] = steps
     t0 = time.perf_counter()
-    out = fs.sample_fiber(
+    out = sample_fiber(
         lambda x: x.flatten(1)[:, :1],
         real[:1],
         prior,
         n=n,
         seed=seed,
         batch_size=min(batch_size, n),
-        method=fs.Unguided(**sampling),
+        method=Unguided(**sampling),
         progress=progress,
     )
     sample_seconds = time.perf_counter() - t0

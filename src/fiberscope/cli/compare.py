@@ -1,4 +1,4 @@
-"""``fiberscope compare``: registered into the main CLI by :func:`fiberscope.cli.register_command`.
+"""``fiberscope compare``: each subject's fiber judged by every other subject (:mod:`fiberscope.analysis.compare`).
 
 Kept light: argparse only at import time (the CLI imports this module on every invocation).
 """
@@ -9,9 +9,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli import EXIT, CLIError, _check_writable, _sub, add_method_args, method_from_args, register_command
+from ..errors import EXIT, CLIError
+from .common import add_command, add_method_args, check_writable, method_from_args
 
-__all__ = ["add_compare_command", "cmd_compare"]
+__all__ = ["add_commands", "cmd_compare"]
 
 EXAMPLE = """
 fiberscope compare --subjects builtin:mnist-cnn@penultimate builtin:mnist-cnn@logits \\
@@ -24,10 +25,9 @@ and every fiber under OUT/fibers/. Entry [A][B] is B's fiber loss on A's samples
 real image nearest the query: >= 1 means B sees what A ignores."""
 
 
-@register_command
-def add_compare_command(subs: Any) -> None:
+def add_commands(subs: Any) -> None:
     """Add ``compare`` to the ``fiberscope`` command."""
-    p = _sub(
+    p = add_command(
         subs,
         "compare",
         "sample each subject's fiber and judge it with every other subject: what A ignores and B sees",
@@ -66,9 +66,8 @@ def _bank(folder: str, prior: Any) -> Any:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison and print the matrix; exit 0."""
-    import fiberscope as fs
-
-    from .compare import compare_subjects
+    from ..analysis.compare import compare_subjects
+    from ..loading import load_prior
 
     if not args.subjects or len(args.subjects) < 2:
         raise CLIError("compare needs --subjects with at least two subject specs", EXIT["usage"])
@@ -79,12 +78,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CLIError(f"--n must be at least 1, got {args.n}", EXIT["usage"])
     out = Path(args.out)
-    _check_writable(out)
+    check_writable(out)
     queries: Any = args.queries[0] if len(args.queries) == 1 and Path(args.queries[0]).is_dir() else args.queries
     for q in args.queries if isinstance(queries, list) else []:
         if not Path(q).is_file():
             raise CLIError(f"query {q} does not exist; give image files or one folder of them")
-    prior = fs.load_prior(args.prior, device=args.device)
+    prior = load_prior(args.prior, device=args.device)
     bank = None
     if args.bank:
         if not Path(args.bank).is_dir():

@@ -1,4 +1,4 @@
-"""``fiberscope baselines list|train|sample|show``: registered into the main CLI by ``register_command``.
+"""``fiberscope baselines list|train|sample|show``: the trained invariance models (:mod:`fiberscope.baselines`).
 
 Kept light: the models are imported inside the commands.
 """
@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli import EXIT, CLIError, _check_writable, _sub, register_command
+from ..errors import EXIT, CLIError
+from .common import add_command, check_writable
 
-__all__ = ["add_baselines_command", "cmd_baselines"]
+__all__ = ["add_commands", "cmd_baselines"]
 
 EXAMPLE = """
 fiberscope baselines list                                  # every recipe, trained or not, training time
@@ -38,10 +39,11 @@ def _parse_set(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-@register_command
-def add_baselines_command(subs: Any) -> None:
+def add_commands(subs: Any) -> None:
     """Add ``baselines`` to the ``fiberscope`` command."""
-    p = _sub(subs, "baselines", "trained invariance models: train them and sample their fibers", EXAMPLE, cmd_baselines)
+    p = add_command(
+        subs, "baselines", "trained invariance models: train them and sample their fibers", EXAMPLE, cmd_baselines
+    )
     bs = p.add_subparsers(dest="baselines_cmd", metavar="BASELINES_COMMAND")
     ls = bs.add_parser(
         "list",
@@ -100,8 +102,8 @@ def add_baselines_command(subs: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .common import model_dir, read_json
-    from .recipes import RECIPES, TRAIN_ORDER
+    from ..baselines.common import model_dir, read_json
+    from ..baselines.recipes import RECIPES, TRAIN_ORDER
 
     rows = []
     for name in TRAIN_ORDER:
@@ -119,7 +121,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .recipes import train, train_all
+    from ..baselines.recipes import train, train_all
 
     overrides: dict[str, Any] = {}
     if args.steps:
@@ -160,9 +162,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    import fiberscope as fs
-
-    from .model import TrainedBaseline, load_baseline
+    from ..api import sample_fiber
+    from ..baselines.model import TrainedBaseline, load_baseline
+    from ..loading import load_subject
 
     if not args.query and not args.test_index:
         raise CLIError("sample needs --query PATH... or --test-index N...", EXIT["usage"])
@@ -187,9 +189,9 @@ def _sample(args: argparse.Namespace) -> int:
     else:
         subject_spec, layer = str(model.config.get("own_subject") or f"baseline:{model.name}"), None
     if subject_spec.startswith("baseline:") and args.root:
-        subject: Any = fs.load_subject(subject_spec, layer, root=args.root)
+        subject: Any = load_subject(subject_spec, layer, root=args.root)
     else:
-        subject = fs.load_subject(subject_spec, layer)
+        subject = load_subject(subject_spec, layer)
     queries: list[tuple[str, Any]] = [(Path(q).stem, q) for q in args.query]
     if args.test_index:
         from ..zoo.evaluate import real_images
@@ -200,9 +202,9 @@ def _sample(args: argparse.Namespace) -> int:
                 raise CLIError(f"--test-index {i} is outside the test split (0 … {len(images) - 1})", EXIT["usage"])
             queries.append((f"test{i:05d}", images[i : i + 1]))
     out = Path(args.out)
-    _check_writable(out)
+    check_writable(out)
     for label, q in queries:
-        res = fs.sample_fiber(
+        res = sample_fiber(
             subject, q, prior, n=args.n, method=method, seed=args.seed, batch_size=args.batch_size,
             device=args.device, progress=not args.quiet, metric=args.metric,
         )  # fmt: skip
@@ -222,7 +224,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     if args.baselines_cmd == "sample":
         return _sample(args)
     if args.baselines_cmd == "show":
-        from .common import model_dir, read_json
+        from ..baselines.common import model_dir, read_json
 
         rec = read_json(model_dir(args.name, args.root) / "training.json")
         if rec is None:

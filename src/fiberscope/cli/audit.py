@@ -1,4 +1,5 @@
-"""``fiberscope audit MANIFEST --out DIR``: registered into the main CLI by :func:`fiberscope.cli.register_command`.
+"""``fiberscope audit`` (run a manifest of work units), ``manifest`` (write one from a folder of images) and
+``neighbours`` (the nearest-neighbour baseline of an audit's queries).
 
 Kept light: argparse only at import time (the CLI imports this module on every invocation).
 """
@@ -10,19 +11,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import EXIT, CLIError, _check_writable, _sub, add_method_args, register_command
-from ..errors import printable
+from ..errors import EXIT, CLIError, printable
 from ..runtime import add_runtime_args
-from ..utils import sigterm_as_interrupt as _sigterm_as_interrupt
+from ..utils import sigterm_as_interrupt
+from .common import add_command, add_method_args, check_writable, method_from_args
 
 __all__ = [
     "add_audit_command",
+    "add_commands",
     "add_manifest_command",
     "add_neighbours_command",
     "cmd_audit",
     "cmd_manifest",
     "cmd_neighbours",
 ]
+
+
+def add_commands(subs: Any) -> None:
+    """Add ``audit``, ``manifest`` and ``neighbours`` to the ``fiberscope`` command."""
+    add_audit_command(subs)
+    add_manifest_command(subs)
+    add_neighbours_command(subs)
+
 
 EXAMPLE = """
 fiberscope audit audit.jsonl --out audit-out                 # resumable: run it again to finish
@@ -36,10 +46,9 @@ audit.jsonl, one work unit per line:
    "method": {"name": "ndtm", "steps": 50, "inner_steps": 3}, "n": 8, "seed": 0}"""
 
 
-@register_command
 def add_audit_command(subs: Any) -> None:
     """Add ``audit`` to the ``fiberscope`` command."""
-    p = _sub(
+    p = add_command(
         subs,
         "audit",
         "run every work unit of a JSONL/CSV manifest: resumable, shardable, failures isolated per unit",
@@ -93,9 +102,9 @@ def _err(msg: str) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run the audit; the exit code is 0, 5 (some units or manifest lines failed) or a failure's own code."""
-    from .manifest import ManifestError, read_manifest
-    from .runner import RunOptions, run_audit
-    from .sharding import resolve_shard
+    from ..audit.manifest import ManifestError, read_manifest
+    from ..audit.runner import RunOptions, run_audit
+    from ..audit.sharding import resolve_shard
 
     if not args.manifest:
         raise CLIError("audit needs a MANIFEST (a JSONL or CSV file of work units); see `fiberscope audit --help`", 2)
@@ -116,10 +125,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         )
     shard = resolve_shard(args.num_shards, args.shard_index)
     out = Path(args.out)
-    _check_writable(out)
+    check_writable(out)
     if args.dry_run:
-        from .runner import unit_status
-        from .sharding import shard_units
+        from ..audit.runner import unit_status
+        from ..audit.sharding import shard_units
 
         for u in shard_units(man.units, shard):
             check = unit_status(out, u, digests=bool(args.verify))
@@ -142,7 +151,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     )
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}", EXIT["usage"])
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             run = run_audit(
                 man,
@@ -196,10 +205,9 @@ fiberscope manifest imagenet/val --recursive --shuffle-seed 0 --limit 1000 \\
 fiberscope manifest queries/ --subject builtin:mnist-cnn --layer penultimate --prior builtin:mnist-ddpm --out a.jsonl"""
 
 
-@register_command
 def add_manifest_command(subs: Any) -> None:
     """Add ``manifest`` to the ``fiberscope`` command."""
-    p = _sub(
+    p = add_command(
         subs,
         "manifest",
         "write an audit manifest (JSONL): one work unit per image of a folder, for `fiberscope audit`",
@@ -222,8 +230,7 @@ def add_manifest_command(subs: Any) -> None:
 def cmd_manifest(args: argparse.Namespace) -> int:
     import json
 
-    from ..cli import method_from_args
-    from .manifest import ManifestError, manifest_from_images, write_manifest
+    from ..audit.manifest import ManifestError, manifest_from_images, write_manifest
 
     if not args.images or not args.subject or not args.prior:
         raise CLIError("manifest needs IMAGES, --subject and --prior (see `fiberscope manifest --help`)", EXIT["usage"])
@@ -279,10 +286,9 @@ fiberscope neighbours audit-out --bank imagenet/val --device cuda     # writes a
 fiberscope neighbours fibers/ --bank digits/ --subject builtin:mnist-cnn --layer penultimate"""
 
 
-@register_command
 def add_neighbours_command(subs: Any) -> None:
     """Add ``neighbours`` to the ``fiberscope`` command."""
-    p = _sub(
+    p = add_command(
         subs,
         "neighbours",
         "the nearest-neighbour baseline of an audit's queries over a folder of real images, and the "
@@ -308,7 +314,7 @@ def add_neighbours_command(subs: Any) -> None:
 
 
 def cmd_neighbours(args: argparse.Namespace) -> int:
-    from .neighbours import audit_neighbours, neighbours_markdown
+    from ..audit.neighbours import audit_neighbours, neighbours_markdown
 
     if not args.results or not args.bank:
         raise CLIError("neighbours needs RESULTS and --bank FOLDER (see `fiberscope neighbours --help`)", EXIT["usage"])
@@ -316,7 +322,7 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
         raise CLIError("--layer goes with --subject (units otherwise use their own subject and layer)", EXIT["usage"])
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}", EXIT["usage"])
-    _check_writable(Path(args.results))
+    check_writable(Path(args.results))
     table = audit_neighbours(
         args.results,
         args.bank,
