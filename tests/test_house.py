@@ -207,6 +207,7 @@ def test_old_import_paths_warn_and_give_the_same_object() -> None:
         "fiberscope.priors.loading.load_prior": "fiberscope.loading:load_prior",
         "fiberscope.priors.base.CallCounter": "fiberscope.counting:CallCounter",
         "fiberscope.cli.method_from_spec": "fiberscope.guidance.registry:method_from_spec",
+        "fiberscope.api.real_rows": "fiberscope.sampling:real_rows",
         "fiberscope.audit.runner.OutputWriteError": "fiberscope.errors:OutputWriteError",
         "fiberscope.subjects.load_subject": "fiberscope.loading:load_subject",
         "fiberscope.zoo.registry.load_builtin_prior": "fiberscope.loading:load_builtin_prior",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fiberscope as fs
-from fiberscope.api import DEFAULT_BATCH_SIZE, pad_seeds, real_rows
+from fiberscope.sampling import DEFAULT_BATCH_SIZE, pad_seeds, real_rows
 
 # a realistic run on the zoo's MNIST DDPM: 25 steps, 3 Adam steps each, the preset's learning rate
 REAL = dict(steps=25, inner_steps=3, lr=0.05, gamma=[(0, 0, 1000, 700), (2, 2, 700, 0)], sampler="ddim", eta=0.5)

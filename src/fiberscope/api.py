@@ -1,5 +1,9 @@
 """``sample_fiber``: draw natural images that a model cannot tell apart from a query.
 
+:func:`sample_fiber` checks its arguments, loads the models and the query, and draws its samples
+with the one batch driver, :func:`fiberscope.sampling.draw_rows` (which the bench uses too); it adds
+the tolerance, the redraws, the unguided reference and the result, :class:`FiberSamples`.
+
 Example:
     >>> import fiberscope as fs
     >>> out = fs.sample_fiber("builtin:mnist-cnn", query, "builtin:mnist-ddpm", n=8,   # doctest: +SKIP
@@ -22,18 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._deprecated import moved
 from ._version import __version__
-from .acceptance import acceptance_summary, check_resample, check_tolerance, nn_tolerance, redraw_seed
+from .acceptance import acceptance_summary, check_resample, check_tolerance, nn_tolerance
 from .counting import CallCounter
 from .data.query import load_query
 from .errors import ParameterError, ParameterTypeError
-from .guidance.auto import NotGuidedWarning, resolve_method, strength_hint, unguided_reference
+from .guidance.auto import NotGuidedWarning, resolve_method, strength_hint
 from .guidance.base import FiberObjective, GuidanceMethod, SampleNoise
 from .guidance.unguided import Unguided
 from .loading import load_prior, load_subject
 from .losses import LOSSES
 from .priors.base import Prior
 from .runtime import apply_channels_last, apply_compile, find_batch_size
+from .sampling import DEFAULT_BATCH_SIZE, draw_rows, pad_seeds, redraw_misses, sample_seeds, sum_calls
 from .subjects.base import Subject, check_gradients
 from .utils import atomic_write_bytes, atomic_write_json, is_rank_zero, jsonable
 from .validation import (
@@ -49,35 +55,6 @@ from .validation import (
 __all__ = ["FiberSamples", "sample_fiber", "sample_seeds"]
 
 REPORTED_LOSSES = ("sq_l2", "l2", "rms", "l1", "cosine")
-
-#: Samples per guidance batch unless ``batch_size`` says otherwise. It does not depend on ``n``, so a
-#: sample drawn again alone from its seed runs through the same kernels (see :func:`sample_fiber`).
-DEFAULT_BATCH_SIZE = 8
-
-
-def pad_seeds(seeds: Sequence[int], size: int) -> list[int]:
-    """``seeds`` repeated cyclically to ``size`` entries (the padding rows of a last partial batch)."""
-    seeds = list(seeds)
-    return [seeds[i % len(seeds)] for i in range(max(size, len(seeds)))]
-
-
-def real_rows(info: dict[str, Any], real: int, size: int) -> dict[str, Any]:
-    """A step callback's dict with every per-sample tensor cut to the ``real`` rows of a padded batch."""
-    if real >= size:
-        return info
-    return {
-        k: v[:real] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v
-        for k, v in info.items()
-    }
-
-
-def sample_seeds(seed: int, n: int) -> list[int]:
-    """Per-sample seeds derived from one run seed (independent streams, no overlaps between runs)."""
-    out = []
-    for i in range(n):
-        a, b = np.random.SeedSequence([int(seed), i]).generate_state(2, np.uint32)
-        out.append(int((int(a) << 31) ^ int(b)) & ((1 << 62) - 1))
-    return out
 
 
 @dataclass
@@ -345,6 +322,7 @@ def _probe_step(
         raise _ProbeDone
 
     noise = SampleNoise(pad_seeds(seeds[:size], size), dev)
+    objective = FiberObjective.rows([objective] * size)  # as the driver builds a batch
     with contextlib.suppress(_ProbeDone):
         method.run(prior, objective, method.initial_state(prior, objective, noise), noise, stop)
     with torch.no_grad():  # the final decoding and φ at that size too
@@ -405,9 +383,10 @@ def sample_fiber(
             size still costs a full batch; pass ``batch_size=n`` (or 1) to save the time.
         device: ``"cuda"``, ``"cpu"``... (default: the prior's device).
         dtype: network dtype of the prior (guidance arithmetic stays float32).
-        callback: called after every denoising step with a dict (``step``, ``t``, ``x``, ``x0``,
-            ``gamma``, ``cost``, ``steps``, ``batch``); its per-sample tensors hold the batch's
-            real samples only, never the padding.
+        callback: called after every denoising step with a dict: ``step``, ``t``, ``x``, ``x0``,
+            ``cost``, ``steps`` from every method, extra keys by method (the table in
+            :mod:`fiberscope.guidance.base`), and ``batch``; its per-sample tensors hold the
+            batch's real samples only, never the padding.
         progress: show a tqdm bar (never on non-zero ranks).
         layer: layer(s) of ``subject`` to use as φ (see :func:`~fiberscope.load_subject`).
         seeds: explicit per-sample seeds (overrides ``seed``; ``n`` becomes ``len(seeds)``).
@@ -479,7 +458,7 @@ def sample_fiber(
     timings: dict[str, float] = {}
     counter = CallCounter()
     guided = method.needs_gradients and not isinstance(method, Unguided)
-    totals: dict[str, float] = {}  # network calls per real sample, summed over batches (padding excluded)
+    totals: dict[str, float] = {}
     ref_totals: dict[str, float] = {}
     # the checks on the query run in the precision of the sampling (autocast is reset afterwards)
     prior_obj.autocast_dtype = amp
@@ -509,81 +488,37 @@ def sample_fiber(
         bar = _progress(
             per_batch_steps * ((n + bs - 1) // bs), progress, f"{method.name} {getattr(subj, 'name', 'subject')}"
         )
-        histories: list[list[float]] = []
         t0 = time.perf_counter()
 
-        def add(into: dict[str, float], batch_counter: CallCounter, real: int) -> None:
-            for k, v in batch_counter.as_dict().items():  # every row of a batch costs the same
-                into[k] = into.get(k, 0.0) + v * real / bs
+        def step(info: dict[str, Any]) -> None:
+            if bar is not None:
+                bar.update(1)
+            if callback is not None:
+                callback(info)
 
-        def draw(seed_list: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-            """States, images and features of the samples of ``seed_list``, and their unguided reference features.
-
-            Every batch has ``bs`` rows: a last partial batch is padded with repeats of its own seeds,
-            whose results are dropped, so that sample i sees the same kernels at any n.
-            """
-            states, image_parts, feat_parts, refs = [], [], [], []
-            for start in range(0, len(seed_list), bs):
-                b = len(histories)
-                chunk = seed_list[start : start + bs]
-                real = len(chunk)
-                noise = SampleNoise(pad_seeds(chunk, bs), dev)
-                costs: list[float] = []
-
-                def cb(info: dict[str, Any], _b: int = b, _real: int = real, _costs: list[float] = costs) -> None:
-                    if bar is not None:
-                        bar.update(1)
-                    info = real_rows(info, _real, bs)
-                    if isinstance(info.get("cost"), torch.Tensor):
-                        _costs.append(float(info["cost"].mean()))
-                    if callback is not None:
-                        callback({**info, "batch": _b})
-
-                batch_counter = CallCounter()
-                prior_obj.counter = subj.counter = batch_counter
-                x_init = method.initial_state(prior_obj, objective, noise)
-                if guided and getattr(method, "init", "noise") == "noise":
-                    rc = CallCounter()
-                    prior_obj.counter = subj.counter = rc  # its cost is reported on its own
-                    refs.append(unguided_reference(prior_obj, objective, x_init)[:real].cpu())
-                    add(ref_totals, rc, real)
-                    prior_obj.counter = subj.counter = batch_counter
-                traj = method.run(prior_obj, objective, x_init, noise, cb)
-                sample = traj.sample.detach()
-                with torch.no_grad():  # the final decoding and φ are counted, as always
-                    imgs = prior_obj.decode(sample).float()
-                    feats_b = objective.features_of_data(imgs).float()
-                states.append(sample[:real])
-                image_parts.append(imgs[:real])
-                feat_parts.append(feats_b[:real])
-                # the method's own history is a mean over the padded batch: the real rows' means instead
-                histories.append(costs if real < bs and len(costs) == len(traj.loss_history) else traj.loss_history)
-                add(totals, batch_counter, real)
-            ref = torch.cat(refs) if refs else None
-            return torch.cat(states), torch.cat(image_parts), torch.cat(feat_parts), ref
-
-        state, images, feats, ref_feats = draw(all_seeds)
+        rows = [objective] * n  # every row steers towards the one query
+        reference = guided and getattr(method, "init", "noise") == "noise"
+        drawn = draw_rows(prior_obj, method, rows, all_seeds, bs, step, device=dev, reference=reference)
+        histories = drawn.loss_history
+        totals = sum_calls(drawn.calls)  # network calls of the real samples (padding excluded)
+        ref_totals = sum_calls(drawn.reference_calls)
         target = objective.target.float()
-        fl = LOSSES[metric](feats, target).cpu()
+        fl = LOSSES[metric](drawn.features, target).cpu()
         in_fiber = None if tolerance is None else fl <= float(tolerance)
         acceptance: dict[str, Any] | None = None
         if in_fiber is not None and resample:
-            first, fe_first, rounds, redrawn = in_fiber.clone(), _per_sample_fe(totals, n), 0, 0
-            for r in range(1, resample + 1):
-                miss = (~in_fiber).nonzero().flatten().tolist()
-                if not miss:
-                    break
-                rounds = r
-                redrawn += len(miss)
-                new_seeds = [redraw_seed(all_seeds[i], r) for i in miss]
-                s2, im2, f2, _ = draw(new_seeds)
-                fl2 = LOSSES[metric](f2, target).cpu()
-                for j, i in enumerate(miss):  # a redraw replaces the miss only when it is better
-                    if fl2[j] < fl[i]:
-                        state[i], images[i], feats[i], fl[i] = s2[j], im2[j], f2[j], fl2[j]
-                        all_seeds[i] = new_seeds[j]
-                in_fiber = fl <= float(tolerance)  # type: ignore[arg-type]
-            acceptance = acceptance_summary(first, in_fiber, rounds, redrawn, fe_first, _per_sample_fe(totals, n))
+            first, fe_first = in_fiber.clone(), _per_sample_fe(totals, n)
+            redo = redraw_misses(
+                prior_obj, method, rows, all_seeds, bs, drawn, fl, float(tolerance), resample, metric, step,  # type: ignore[arg-type]
+                device=dev, first_batch=len(histories),
+            )  # fmt: skip
+            in_fiber = redo.in_fiber
+            histories += redo.loss_history
+            totals = sum_calls([totals, redo.calls])
+            acceptance = acceptance_summary(
+                first, in_fiber, redo.rounds, redo.redrawn, fe_first, _per_sample_fe(totals, n)
+            )
+        state, images, feats, ref_feats = drawn.states, drawn.images, drawn.features, drawn.reference
         if bar is not None:
             bar.close()
         timings["sampling"] = time.perf_counter() - t0
@@ -656,3 +591,7 @@ def sample_fiber(
         acceptance=acceptance,
         warnings=warnings_out,
     )
+
+
+#: The padding helpers moved to the batch driver (issue 22).
+__getattr__ = moved(__name__, {"real_rows": "fiberscope.sampling:real_rows"})

@@ -42,8 +42,9 @@ PixelOptimization              ``lr`` (the iteration's learning rate)
 Unguided                       ``gamma``: 0.0 (no control)
 ============================== ================================================================
 
-:func:`fiberscope.sample_fiber` adds ``batch`` (the batch's index) and cuts the per-sample tensors
-to the batch's real samples.
+The batch driver (:func:`fiberscope.sampling.draw_rows`, behind :func:`fiberscope.sample_fiber` and
+the bench) adds ``batch`` (the batch's index) and cuts the per-sample tensors to the batch's real
+samples.
 """
 
 from __future__ import annotations
@@ -194,6 +195,38 @@ class FiberObjective:
         with torch.no_grad():
             self.target = self.features_of_data(query).detach()
         self._query_state: torch.Tensor | None = None
+        self._rows: list[FiberObjective] | None = None
+
+    @classmethod
+    def rows(cls, objectives: Sequence[FiberObjective]) -> FiberObjective:
+        """One objective for a batch whose row ``i`` is ``objectives[i]``'s query, target and query state.
+
+        The rows may belong to different queries (the bench batches several); each keeps the target its
+        own objective computed (φ of its query alone), so no row depends on the others. Nothing is
+        computed here: the targets are reused, the query states are encoded per query when a method
+        first asks for them. All objectives share the prior, the subject and the loss.
+
+        Example:
+            >>> import torch, fiberscope as fs
+            >>> prior, subject = fs.GaussianPrior(dim=2), fs.load_subject(lambda x: x)
+            >>> a, b = (fs.FiberObjective(prior, subject, torch.tensor([[v, 0.0]])) for v in (1.0, 2.0))
+            >>> fs.FiberObjective.rows([a, a, b]).target[:, 0].tolist()
+            [1.0, 1.0, 2.0]
+        """
+        if not objectives:
+            raise ValueError("FiberObjective.rows needs at least one objective")
+        first = objectives[0]
+        for o in objectives:
+            if o.prior is not first.prior or o.subject is not first.subject or o.loss_fn is not first.loss_fn:
+                raise ValueError("the rows of one batch must share the prior, the subject and the loss")
+        out = cls.__new__(cls)
+        out.prior, out.subject = first.prior, first.subject
+        out.loss_name, out.loss_fn = first.loss_name, first.loss_fn
+        out.query = torch.cat([o.query for o in objectives])
+        out.target = torch.cat([o.target for o in objectives])
+        out._query_state = None
+        out._rows = list(objectives)
+        return out
 
     @property
     def data_range(self) -> tuple[float, float] | None:
@@ -214,8 +247,11 @@ class FiberObjective:
     @property
     def query_state(self) -> torch.Tensor:
         if self._query_state is None:
-            with torch.no_grad():
-                self._query_state = self.prior.encode(self.query).detach()
+            if self._rows is not None:  # a batch of rows: each query encoded once, alone
+                self._query_state = torch.cat([o.query_state for o in self._rows])
+            else:
+                with torch.no_grad():
+                    self._query_state = self.prior.encode(self.query).detach()
         return self._query_state
 
     @torch.no_grad()
