@@ -155,7 +155,7 @@ def test_pixel_optimisation_from_the_query_stays_near_it():
 
 def test_every_method_is_registered_and_exported():
     from fiberscope.guidance import METHODS
-    from fiberscope.guidance.registry import method_from_spec
+    from fiberscope.methods import method_from_spec
 
     for name, cls in [
         ("dps", fs.DPS),

@@ -294,10 +294,11 @@ def test_untrained_baselines_fail_early_with_the_training_command(tmp_path):
 
 
 def test_bench_runs_a_trained_baseline_on_its_own_pair_only(trained, tmp_path):
-    from fiberscope.bench import resolve_method, run_bench
+    from fiberscope.bench import run_bench
+    from fiberscope.methods import method_from_spec
 
     d = str(trained["root"] / "t-featinv")
-    assert isinstance(resolve_method({"name": "trained", "model": d, "pairs": []}), TrainedBaseline)
+    assert isinstance(method_from_spec({"name": "trained", "model": d, "pairs": []}), TrainedBaseline)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(30, 1, 8, 8, generator=g) * 2 - 1
     labels = torch.randint(0, 6, (30,), generator=g)

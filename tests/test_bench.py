@@ -10,7 +10,19 @@ import torch
 
 import fiberscope as fs
 from conftest import TinyCNN, tiny_unet
-from fiberscope.bench import BenchConfig, resolve_method, run_bench
+from fiberscope.bench import BenchConfig, run_bench
+from fiberscope.methods import method_from_spec
+
+#: The cache keys of the toy bench's units, as fiberscope computed them before the bench became a package (issue 22).
+UNIT_HASHES = {
+    "augment__seed0": "5658cc1f2c94f04b",
+    "augment__seed1": "e54448e016186f30",
+    "dps__seed0": "d9cb2a2a0ab83549",
+    "dps__seed1": "a3ae63eaa7c5f397",
+    "ndtm__seed0": "a90adf9e987cdba8",
+    "ndtm__seed1": "1343a5d23613f427",
+    "nn__seed0": "1ed371884d2ef1c7",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -95,21 +107,67 @@ def test_bench_matrix_tables_plots_and_resume(toy, tmp_path):
 
 
 def test_bench_samples_equal_sample_fiber(toy, tmp_path):
-    """A unit's samples are sample_fiber's for the recorded run seed: batching queries changes nothing."""
+    """A unit's samples are sample_fiber's for the recorded run seed: at the unit's batch shape bit for bit, at
+    another batch shape up to floating-point rounding."""
     cfg, objects, data = toy
     cfg = {**cfg, "queries": 2, "seeds": [0], "baselines": [], "methods": {"dps": cfg["methods"]["dps"]}}
     run_bench(cfg, tmp_path, objects=objects, data=data, progress=False)
     rec = json.loads((tmp_path / "units" / "toy-prior__toy-cnn@head" / "dps__seed0.json").read_text())
     with np.load(tmp_path / "units" / "toy-prior__toy-cnn@head" / "dps__seed0.npz") as z:
         images, qidx = torch.from_numpy(z["images"]), z["query_indices"]
+    assert rec["batch_size"] == 6  # 2 queries × 3 samples, fewer than the bench's batch_size: one batch, no padding
     q = 1
     query = data["toy"][0][int(qidx[q]) : int(qidx[q]) + 1]
     subject = fs.load_subject(objects["toy-cnn"], "head")
-    ref = fs.sample_fiber(
-        subject, query, objects["toy-prior"], n=3, method=resolve_method(cfg["methods"]["dps"]),
-        seed=rec["run_seeds"][q], progress=False,
-    )  # fmt: skip
-    assert (ref.images - images[3:6]).abs().max() <= 1e-4
+    method = method_from_spec(cfg["methods"]["dps"])
+    for bs in (rec["batch_size"], None):
+        ref = fs.sample_fiber(subject, query, objects["toy-prior"], n=3, method=method, seed=rec["run_seeds"][q],
+                              batch_size=bs, progress=False)  # fmt: skip
+        if bs is not None:
+            assert torch.equal(ref.images, images[3:6])
+        assert (ref.images - images[3:6]).abs().max() <= 1e-4
+
+
+def test_a_bench_unit_is_sample_fiber_bit_for_bit_on_the_zoo(tmp_path):
+    """Sample (q, j) of a bench unit is sample j of ``sample_fiber`` for query q at the unit's batch shape, bit for
+    bit, over 25 NDTM steps on the zoo's MNIST DDPM, and costs the same per sample: query 1 shares its batch with
+    query 0, query 2 sits in a last batch padded with its own rows (both go through the one batch driver)."""
+    from fiberscope.zoo.evaluate import real_images
+
+    spec = {"name": "builtin-mnist", "steps": 25}
+    cfg = {
+        "methods": {"ndtm": spec}, "priors": ["builtin:mnist-ddpm"], "subjects": ["builtin:mnist-cnn@penultimate"],
+        "queries": 3, "n": 2, "seeds": [0], "batch_size": 4, "baselines": [], "bank": 40, "real": 20,
+    }  # fmt: skip
+    run_bench(cfg, tmp_path, progress=False)
+    unit = tmp_path / "units" / "mnist-ddpm__mnist-cnn@penultimate" / "ndtm__seed0"
+    rec = json.loads(unit.with_suffix(".json").read_text())
+    assert rec["batch_size"] == 4 and rec["method_config"]["steps"] == 25
+    with np.load(unit.with_suffix(".npz")) as z:
+        images, qidx = torch.from_numpy(z["images"]), z["query_indices"]
+    test_images = real_images("mnist", "test")[0].float()
+    prior, subject = fs.load_prior("builtin:mnist-ddpm"), fs.load_subject("builtin:mnist-cnn", "penultimate")
+    method = method_from_spec(spec, None, "builtin:mnist-ddpm")
+    for q in (1, 2):
+        query = test_images[int(qidx[q]) : int(qidx[q]) + 1]
+        ref = fs.sample_fiber(subject, query, prior, n=2, method=method, seed=rec["run_seeds"][q], batch_size=4,
+                              progress=False)  # fmt: skip
+        assert torch.equal(ref.images, images[2 * q : 2 * q + 2]), q
+        assert ref.config["method"]["steps"] == 25 and len(ref.loss_history[0]) > 10  # its guided steps
+        for k, v in rec["counts"].items():  # per sample: the guidance, the final decoding and φ, φ(query) / n
+            assert v == pytest.approx(ref.counts[k], rel=1e-12), k
+        assert rec["forward_equivalents"] == pytest.approx(ref.counts["forward_equivalents"], rel=1e-12)
+
+
+def test_unit_hashes_do_not_change_so_a_finished_bench_resumes(toy, tmp_path):
+    """The cache keys of units (and of the pair's statistics) are those fiberscope computed before the bench became
+    a package: a bench finished then resumes without recomputing anything."""
+    cfg, objects, data = toy
+    run_bench(cfg, tmp_path, objects=objects, data=data, progress=False)
+    unit = tmp_path / "units" / "toy-prior__toy-cnn@head"
+    hashes = {p.stem: json.loads(p.read_text())["hash"] for p in sorted(unit.glob("*.json"))}
+    assert hashes == UNIT_HASHES
+    assert json.loads((tmp_path / "pairs" / "toy-prior__toy-cnn@head.json").read_text())["hash"] == "74b68f5edd46d5b3"
 
 
 def test_config_validation_and_pairs():
@@ -131,10 +189,10 @@ def test_config_validation_and_pairs():
         with pytest.raises(ValueError, match=match):
             BenchConfig.from_dict({**base, "subjects": ["builtin:mnist-cnn"], **bad})
     with pytest.raises(ValueError, match="unknown method"):
-        resolve_method("dsp")
+        method_from_spec("dsp")
     with pytest.raises(ValueError, match="scale"):
-        resolve_method({"name": "mpgd", "scale": -1})
-    m = resolve_method({"name": "paper-colormnist", "gamma": 10})
+        method_from_spec({"name": "mpgd", "scale": -1})
+    m = method_from_spec({"name": "paper-colormnist", "gamma": 10})
     assert m.gamma_at(100) == 10.0 and m.gamma_at(700) == 0.0
 
 
@@ -236,7 +294,7 @@ def test_plot_error_bars_stay_on_a_log_axis_when_the_spread_exceeds_the_mean(tmp
     """A mean set by one failing seed has std > mean; its bar must not run to zero on the log y axis."""
     from matplotlib.axes import Axes
 
-    from fiberscope.bench import plot
+    from fiberscope.report.bench import plot
 
     bars = []
     real_errorbar = Axes.errorbar

@@ -1,8 +1,10 @@
-"""The one batch driver (``fiberscope.sampling``).
+"""The one batch driver (``fiberscope.sampling``) and the one method registry (``fiberscope.methods``).
 
-``sample_fiber`` (and through it the audit) draws through :func:`draw_rows`. Here: rows of several
-queries in one batch are each what they would be alone, the padding never shows, costs are per real
-row, redraws follow per-row tolerances.
+``sample_fiber``, the bench and the audit draw through :func:`draw_rows`; the CLI, the bench and the
+audit's manifests build methods with :func:`method_from_spec`. Here: rows of several queries in one
+batch are each what they would be alone, the padding never shows, costs are per real row, redraws
+follow per-row tolerances; the registry knows trained models and per-prior settings, and refuses
+the same things with the same messages wherever the spec comes from.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import torch
 
 import fiberscope as fs
 from conftest import TinyCNN, tiny_unet
+from fiberscope.errors import ModelNotAvailableError, ParameterError
+from fiberscope.methods import method_from_spec, method_names
 from fiberscope.sampling import draw_rows, redraw_misses, sum_calls
 
 METHOD = fs.NDTM(steps=6, inner_steps=2, lr=0.05, gamma=1.0, sampler="ddim", eta=0.5)
@@ -78,3 +82,42 @@ def test_redraws_follow_per_row_tolerances_and_keep_the_better_sample(toy):
     assert redo.calls["prior_backwards"] == 4 * 6 * 2
     recomputed = fs.LOSSES["sq_l2"](drawn.features, target).cpu()  # the drawn rows were replaced with the losses
     assert torch.equal(recomputed, losses)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the method registry
+
+
+def test_one_registry_for_names_presets_per_prior_settings_and_trained_models(tmp_path):
+    assert method_names()[:2] == ["ndtm", "auto"] and "trained" in method_names() and "builtin-mnist" in method_names()
+    spec = {
+        "name": "unguided",
+        "steps": 50,
+        "clip": [-5, 5],
+        "pairs": [["builtin:colormnist-latent", "builtin:colorblind-mnist"]],
+        "per_prior": {"builtin:colormnist-latent": {"sampler": "ancestral", "steps": 100}},
+    }
+    m = method_from_spec(spec)
+    assert (m.steps, m.sampler, m.clip) == (50, "ddim", (-5, 5))  # YAML lists become the tuples a method holds
+    m = method_from_spec(spec, None, "builtin:colormnist-latent")
+    assert (m.steps, m.sampler) == (100, "ancestral")
+    assert method_from_spec(spec, {"steps": 7}, "builtin:colormnist-latent").steps == 7  # flags win
+    assert method_from_spec(None, None, "builtin:mnist-ddpm").sampler == "ddim"  # the prior's preset
+    with pytest.raises(ModelNotAvailableError, match="has no weights"):  # trained models: known, here not trained
+        method_from_spec({"name": "trained", "model": "cfm-l10", "root": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("dsp", r"unknown method 'dsp': use one of ndtm, auto, .*trained .* or an NDTM preset \(builtin-colormnist"),
+        ({"steps": 3}, r"method object \{'steps': 3\} needs a 'name'"),
+        ({"name": "mpgd", "scale": -1}, r"scale"),
+        ({"name": "unguided", "inner_steps": 3}, r"method 'unguided': unknown setting\(s\) \['inner_steps'\]"),
+        ({"name": "dps", "per_prior": ["x"]}, r"method 'dps': per_prior must map prior specs to settings"),
+        ({"name": "trained"}, r"method 'trained': model must name a trained baseline"),
+    ],
+)
+def test_the_registry_refuses_with_one_message_wherever_the_spec_comes_from(spec, match):
+    with pytest.raises(ParameterError, match=match):
+        method_from_spec(spec)

@@ -36,7 +36,7 @@ from fiberscope.errors import (
     exit_code_for,
     printable,
 )
-from fiberscope.guidance.registry import method_from_spec
+from fiberscope.methods import method_from_spec
 from fiberscope.validation import MAX_GAMMA, MAX_N, MAX_STEPS, check, check_device, check_seeds, loads_json
 
 # ---------------------------------------------------------------------------------------------------------------

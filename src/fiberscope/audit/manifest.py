@@ -300,7 +300,7 @@ def _method(v: Any, prior: str) -> Any:
             spec = spec["name"]
     else:
         raise ValueError(f"'method' must be a name or an object with 'name' and parameters, got {v!r}"[:300])
-    from ..guidance.registry import method_from_spec
+    from ..methods import method_from_spec
 
     try:
         method_from_spec(spec, None, prior)

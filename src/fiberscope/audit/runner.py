@@ -409,7 +409,7 @@ def run_unit(
 
 def _run_locked(unit: WorkUnit, root: Path, cache: ModelCache, options: RunOptions) -> UnitResult:
     from ..api import sample_fiber
-    from ..guidance.registry import method_from_spec
+    from ..methods import method_from_spec
 
     units_dir = root / "units"
     final = units_dir / unit.dirname

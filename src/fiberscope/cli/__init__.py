@@ -27,7 +27,7 @@ __all__ = [
 __getattr__ = moved(
     __name__,
     {
-        "method_from_spec": "fiberscope.guidance.registry:method_from_spec",
+        "method_from_spec": "fiberscope.methods:method_from_spec",
         "load_config_file": "fiberscope.utils:load_config_file",
         "_error_code": "fiberscope.errors:classify",
         "_check_writable": "fiberscope.cli.common:check_writable",

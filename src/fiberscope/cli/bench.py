@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..bench import BASELINES, BenchConfig, method_applies, resolve_method, run_bench, unit_path
+from ..bench import BASELINES, BenchConfig, method_applies, run_bench, unit_path
 from ..errors import EXIT, CLIError
 from ..losses import LOSSES
+from ..methods import method_from_spec
 from ..utils import load_config_file
 from .common import add_command
 
@@ -131,7 +132,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if not method_applies(spec, pair):
                 continue
             try:
-                resolve_method(spec, pair.prior)
+                method_from_spec(spec, None, pair.prior)
             except ValueError as e:
                 raise CLIError(f"bench: method {name!r}: {e}", EXIT["usage"]) from None
     result = run_bench(cfg, out, resume=not args.no_resume, progress=not args.quiet)

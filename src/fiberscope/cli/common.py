@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import EXIT, CLIError, printable
-from ..guidance.registry import method_from_spec
+from ..methods import method_from_spec
 from ..utils import load_config_file
 
 __all__ = [

@@ -76,7 +76,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from ..guidance import PRESETS
+    from ..guidance.presets import PRESETS
 
     for name, p in PRESETS.items():
         print(f"{name:24s} {p['doc']}")
