@@ -37,6 +37,7 @@ __all__ = ["Pair", "bench_batch_size", "read_json", "sample_queries", "settings_
 
 
 def settings_hash(obj: Any) -> str:
+    """The cache key of a unit or of a pair's statistics: a hash of their settings as sorted JSON."""
     return hashlib.sha256(json.dumps(jsonable(obj), sort_keys=True).encode()).hexdigest()[:16]
 
 
