@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             "default_source": how,
             "reference": judge.reference_name,
             "knn_accuracy_on_real": judge.knn_accuracy,
+            "judge_accuracy_on_real": judge.judge_accuracy,
             "realism_fd_real_floor": judge.real_floor(args.queries * args.n),
             "methods": {},
         }
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             res["methods"][name] = r
             print(
                 f"  {spec} {name}: fiber loss {r['fiber_loss_mean']:.4g} (median {r['fiber_loss_median']:.3g}), "
-                f"class kept {r['class_kept']:.0%}, realism FD {r['realism_fd']:.3g}, "
+                f"class kept {r['class_kept']:.0%} (k-NN {r['class_kept_knn']:.0%}), realism FD {r['realism_fd']:.3g}, "
                 f"{r['forward_equivalents']:.0f} fe/sample, {r['seconds']:.0f} s",
                 flush=True,
             )

@@ -4,17 +4,23 @@ Per pair, the reference side is NDTM exactly as the reference code runs it, with
 (its γ, sampler and weights) on the fair grid K ∈ {25, 50, 100, 200} × N ∈ {1, 3, 5}, keeping for
 each (K, N) the best of three learning rates (the preset's × {⅓, 1, 3}) by mean fiber loss. Its
 Pareto front of (forward-equivalents per sample, mean fiber loss) sets the target — the front's
-best mean loss — and the cost to beat (the cost of that point). The new side is AutoNDTM over its
-levers: fewer outer steps (K), inner Polyak steps (N) and the per-sample early exit
-(``tolerance``). Printed per pair:
+best mean loss — and the cost to beat (the cost of that point). The new side is AutoNDTM — the
+default a prior without a preset gets, :func:`fiberscope.guidance.auto.scale_free_default` — over
+its levers: outer steps K, damped inner steps N, and the polish steps at low noise (P).
 
-    cost ratio at matched fiber loss: X      (cheapest AutoNDTM at ≤ the target / the reference's cost)
-    realism ratio: Y                         (its Fréchet distance / the reference's, same space)
+Both grids run on ``--queries`` × ``--n`` samples. Realism and diversity are then measured again,
+on ``--confirm`` queries × n samples (more, because a Fréchet distance and a pairwise distance over
+a handful of samples are mostly noise), for the target point and for the cheapest AutoNDTM setting
+that reached the target. Printed per pair:
+
+    cost ratio at matched fiber loss: X      (that AutoNDTM setting's cost / the target's cost)
+    realism ratio: Y                         (its Fréchet distance / the target's, same space)
     diversity ratio: Z                       (mean pairwise distance between samples of a query)
 
-When no AutoNDTM setting reaches the target, X is ``inf`` and the line says so; the ratio at the
-AutoNDTM's own best loss is printed next to it. ``--quick``: one pair, K ∈ {25, 50, 100} ×
-N ∈ {1, 3}, 2 queries × 2 samples (under 15 minutes on a 2-core CPU).
+When no AutoNDTM setting reaches the target, X is ``inf`` and the line says so; the ratios at the
+AutoNDTM's own best loss are printed next to it. ``--quick``: one pair, K ∈ {25, 50, 100} ×
+N ∈ {1, 3} on the reference side, a smaller AutoNDTM grid, 4 queries × 2 samples, confirmation on
+8 queries (under 15 minutes on a 2-core CPU).
 
     PYTHONPATH=src python benchmarks/efficiency.py --pairs mnist-ddpm:mnist-cnn@logits --quick --out eff-out
 """
@@ -38,11 +44,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common_pairs import Judge, diversity, load_pair_prior, parse_pair, run_method
 
 import fiberscope as fs
-from fiberscope.guidance.auto import AutoNDTM
+from fiberscope.guidance.auto import scale_free_default
 from fiberscope.utils import atomic_write_bytes, atomic_write_json
 
-FULL = {"K": [25, 50, 100, 200], "N": [1, 3, 5], "auto_K": [10, 20, 30, 50], "auto_N": [1, 2], "tol": [0.0, 1e-3]}
-QUICK = {"K": [25, 50, 100], "N": [1, 3], "auto_K": [10, 20, 30], "auto_N": [1, 2], "tol": [0.0, 1e-3]}
+FULL = {"K": [25, 50, 100, 200], "N": [1, 3, 5], "auto_K": [30, 50, 100], "auto_N": [1, 2], "auto_P": [2, 4, 8]}
+QUICK = {"K": [25, 50, 100], "N": [1, 3], "auto_K": [50, 100], "auto_N": [1, 2], "auto_P": [4]}
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 
 
@@ -68,7 +74,9 @@ def _point(r: dict[str, Any], judge: Judge, n: int, label: str, settings: dict[s
     return {**r, "label": label, "settings": settings}
 
 
-def run_pair(spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: int, log: Any) -> dict[str, Any]:
+def run_pair(
+    spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: int, confirm: int, log: Any
+) -> dict[str, Any]:
     pair = parse_pair(spec)
     if not pair.tuned_preset:
         raise SystemExit(f"{spec}: the reference side needs the pair's γ, from a preset; {pair.prior_name} has none")
@@ -85,6 +93,7 @@ def run_pair(spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: 
                 m = replace(base, steps=K, inner_steps=N, lr=base.lr * f)
                 r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, f"NDTM K={K} N={N}", m.config())
                 r["lr"] = m.lr
+                r["method"] = m
                 log(
                     f"  ref K={K:3d} N={N} lr={m.lr:.3g}: mean {r['fiber_loss_mean']:.4g} median "
                     f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
@@ -92,28 +101,61 @@ def run_pair(spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: 
                 if best is None or r["fiber_loss_mean"] < best["fiber_loss_mean"]:
                     best = r
             reference.append(best)
-    sampler = {"sampler": base.sampler, "eta": base.eta, "variance": base.variance, "clip": base.clip}
+    default = scale_free_default(prior)
     for K in grid["auto_K"]:
         for N in grid["auto_N"]:
-            for tol in grid["tol"]:
-                m = AutoNDTM(steps=K, inner_steps=N, tolerance=tol, **sampler)
-                label = f"AutoNDTM K={K} N={N} tol={tol:g}"
+            for P in grid["auto_P"]:
+                m = replace(default, steps=K, inner_steps=N, polish_steps=P)
+                label = f"AutoNDTM K={K} N={N} P={P}"
                 r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, label, m.config())
+                r["method"] = m
                 log(
-                    f"  auto K={K:3d} N={N} tol={tol:g}: mean {r['fiber_loss_mean']:.4g} median "
+                    f"  auto K={K:3d} N={N} P={P}: mean {r['fiber_loss_mean']:.4g} median "
                     f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
                 )
                 new.append(r)
-    for d in tmp:
-        d.cleanup()
     ref_front, new_front = pareto(reference), pareto(new)
     target = ref_front[-1]  # the front's best mean loss, at its cost
     match = cheapest_at(new, target["fiber_loss_mean"])
+    # realism and diversity on more samples, for the two points that are compared
+    big = Judge(pair, confirm)
+    compared = {"target": target, "matched": match if match is not None else new_front[-1]}
+    confirmed: dict[str, Any] = {}
+    for key, p in compared.items():
+        r = _point(run_method(prior, subject, big, p["method"], n, seed), big, n, p["label"], p["settings"])
+        confirmed[key] = {
+            k: r[k]
+            for k in (
+                "label",
+                "fiber_loss_mean",
+                "fiber_loss_median",
+                "forward_equivalents",
+                "realism_fd",
+                "diversity",
+                "class_kept",
+                "class_kept_knn",
+            )
+        }
+        log(
+            f"  confirm {key} ({p['label']}) on {confirm} queries × {n}: mean {r['fiber_loss_mean']:.4g}, "
+            f"realism FD {r['realism_fd']:.4g}, diversity {r['diversity']:.4g}, class kept {r['class_kept']:.0%}"
+        )
+    for d in tmp:
+        d.cleanup()
+    for p in reference + new:
+        p.pop("method", None)
+    t, c = confirmed["target"], confirmed["matched"]
+    ratios = {
+        "realism_ratio": c["realism_fd"] / t["realism_fd"],
+        "diversity_ratio": c["diversity"] / t["diversity"] if t["diversity"] else float("nan"),
+    }
     out: dict[str, Any] = {
         "pair": spec,
         "preset": pair.tuned_preset,
         "reference_name": judge.reference_name,
+        "judge_accuracy": judge.judge_accuracy,
         "queries": queries,
+        "confirm_queries": confirm,
         "n": n,
         "seed": seed,
         "reference": reference,
@@ -125,13 +167,13 @@ def run_pair(spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: 
             "forward_equivalents": target["forward_equivalents"],
             "label": target["label"],
         },
+        "confirmed": confirmed,
     }
     if match is not None:
         out["matched"] = {
             "label": match["label"],
             "cost_ratio": match["forward_equivalents"] / target["forward_equivalents"],
-            "realism_ratio": match["realism_fd"] / target["realism_fd"],
-            "diversity_ratio": match["diversity"] / target["diversity"] if target["diversity"] else float("nan"),
+            **ratios,
         }
     else:
         best_new = new_front[-1]
@@ -148,7 +190,7 @@ def run_pair(spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: 
                 "new": best_new["label"],
                 "reference": ref_at["label"],
                 "cost_ratio": best_new["forward_equivalents"] / ref_at["forward_equivalents"],
-                "realism_ratio": best_new["realism_fd"] / ref_at["realism_fd"],
+                **ratios,
             },
         }
     return out
@@ -194,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one pair, a smaller grid, 2 queries × 2 samples")
     ap.add_argument("--queries", type=int)
     ap.add_argument("--n", type=int)
+    ap.add_argument("--confirm", type=int, help="queries for the realism/diversity confirmation (default 24; quick 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="efficiency-out")
@@ -203,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         pairs = pairs[:1]
     grid = QUICK if args.quick else FULL
-    queries = args.queries or (2 if args.quick else 4)
+    queries = args.queries or (4 if args.quick else 8)
+    confirm = args.confirm or (8 if args.quick else 24)
     n = args.n or 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for spec in pairs:
         print(f"{spec}:", flush=True)
-        res = run_pair(spec, grid, queries, n, args.seed, lambda s: print(s, flush=True))
+        res = run_pair(spec, grid, queries, n, args.seed, confirm, lambda s: print(s, flush=True))
         results.append(res)
         m = res["matched"]
         t = res["target"]
@@ -226,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cost ratio at matched fiber loss: inf (no AutoNDTM setting reached the target"
                 + (
                     f"; at its best loss {extra['loss']:.4g}: cost ratio {extra['cost_ratio']:.3g}, "
-                    f"realism ratio {extra['realism_ratio']:.3g})"
+                    f"realism ratio {extra['realism_ratio']:.3g}, diversity ratio {extra['diversity_ratio']:.3g})"
                     if extra
                     else ")"
                 )

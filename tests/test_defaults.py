@@ -57,13 +57,13 @@ def test_polyak_step_is_scale_equivariant():
     x = torch.randn(3, 5, generator=g)
     loss, grad = x.norm(dim=1), x / x.norm(dim=1, keepdim=True)
     one = torch.ones(3)
-    a = polyak_step(loss, grad, one, 0.5, 10.0, 0 * one)
+    a = polyak_step(loss, grad, one, 0.5, 10.0)
     # data × 100: the loss keeps its value, the gradient shrinks by 100, the state's scale grows by 100
-    b = polyak_step(loss, grad / 100, 100 * one, 0.5, 10.0, 0 * one)
+    b = polyak_step(loss, grad / 100, 100 * one, 0.5, 10.0)
     torch.testing.assert_close(b, 100 * a)
     # features × 7: loss and gradient grow alike, the step is unchanged
-    torch.testing.assert_close(polyak_step(7 * loss, 7 * grad, one, 0.5, 10.0, 0 * one), a)
-    capped = polyak_step(loss, grad, one, 1.0, 0.01, 0 * one)
+    torch.testing.assert_close(polyak_step(7 * loss, 7 * grad, one, 0.5, 10.0), a)
+    capped = polyak_step(loss, grad, one, 1.0, 0.01)
     assert torch.allclose(capped.pow(2).mean(1).sqrt(), torch.full((3,), 0.01))
 
 
@@ -71,13 +71,14 @@ def test_resolution_per_prior():
     gauss = fs.GaussianPrior(dim=2)
     m, how = resolve_method(None, gauss)
     assert isinstance(m, AutoNDTM) and how["source"] == "scale-free"
-    m, how = resolve_method(fs.NDTM(steps=12, inner_steps=1), "builtin:mnist-ddpm")
-    assert isinstance(m, fs.NDTM) and how == {
-        "source": "preset",
-        "preset": "builtin-mnist",
-        "given": ["inner_steps", "steps"],
-    }
-    assert (m.steps, m.inner_steps, m.lr) == (12, 1, fs.NDTM.preset("builtin-mnist").lr)
+    # the scale-free default wins on the zoo too (docs/defaults.md): a registered preset no longer is the default
+    m, how = resolve_method(None, "builtin:mnist-ddpm")
+    assert isinstance(m, AutoNDTM) and how == {"source": "scale-free", "preset": None, "given": []}
+    m, how = resolve_method(fs.NDTM(steps=12, inner_steps=1), "builtin:mnist-ddpm")  # settings AutoNDTM shares
+    assert isinstance(m, AutoNDTM) and (m.steps, m.inner_steps) == (12, 1) and how["given"] == ["inner_steps", "steps"]
+    m, how = resolve_method(fs.NDTM(steps=12, lr=0.02), "builtin:mnist-ddpm")  # tuning NDTM itself: the preset fills
+    assert isinstance(m, fs.NDTM) and how == {"source": "preset", "preset": "builtin-mnist", "given": ["lr", "steps"]}
+    assert (m.steps, m.lr, m.inner_steps) == (12, 0.02, fs.NDTM.preset("builtin-mnist").inner_steps)
     m, how = resolve_method(fs.NDTM(lr=0.1), gauss)  # tuning NDTM itself: its own defaults for the rest
     assert isinstance(m, fs.NDTM) and m.lr == 0.1 and how["source"] == "given" and not m.open_settings
     m, how = resolve_method(fs.NDTM.preset("builtin-fashion"), gauss)
@@ -88,6 +89,41 @@ def test_resolution_per_prior():
     assert resolve_method(fs.DPS(steps=5), gauss)[1]["source"] == "given"
     flow = fs.GaussianPrior(dim=2, schedule=fs.FlowSchedule())
     assert resolve_method(None, flow)[0].sampler == "euler"
+
+
+def test_auto_phases_and_settings():
+    m = AutoNDTM(steps=10, start=0.6, polish_start=0.3, inner_steps=1, polish_steps=3)
+    assert [m.plan(t, 1000.0) for t in (900.0, 600.0, 301.0, 300.0, 0.0)] == [
+        (0, 0.5),
+        (1, 0.5),
+        (1, 0.5),
+        (3, 1.0),
+        (3, 1.0),
+    ]
+    assert AutoNDTM(polish_steps=0).plan(0.0, 1000.0) == (2, 0.5)  # no polish: damped steps to the end
+    for bad, match in [
+        ({"rho": 0}, "rho must be"),
+        ({"rho": 1.5}, "rho must be"),
+        ({"start": 0}, "start must be"),
+        ({"polish_start": 2}, "polish_start must be"),
+        ({"polish_steps": -1}, "polish_steps must be"),
+        ({"clip": (1, -1)}, "clip must be"),
+        ({"output": "final"}, "output must be"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            AutoNDTM(**bad)
+
+
+def test_auto_costs_what_its_phases_say():
+    """Forward-equivalents per sample: K prior steps + 6 per Polyak step (prior and subject, forward and backward)."""
+    prior, subject, q = _mixture(1.0)
+    m = AutoNDTM(steps=20, inner_steps=2, polish_steps=3)  # grid 950, 900 … 0: 15 steps ≤ 700, 5 of them ≤ 200
+    t_max = float(prior.schedule.num_train_timesteps)
+    polyak = sum(m.plan(t, t_max)[0] for t in m.times(prior))
+    assert polyak == 10 * 2 + 5 * 3
+    out = fs.sample_fiber(subject, q, prior, n=2, method=m, batch_size=2, progress=False)
+    # + the final decoding's φ (1) and the query's φ, counted once and shared by the 2 samples (0.5)
+    assert out.counts["forward_equivalents"] == pytest.approx(20 + 6 * polyak + 1 + 0.5)
 
 
 def test_tolerance_marks_and_resampling_redraws(tmp_path):
@@ -154,7 +190,10 @@ def test_mnist_ddpm_from_a_plain_diffusers_folder_gets_the_scale_free_default(tm
         warnings.simplefilter("error", NotGuidedWarning)
         out = fs.sample_fiber("builtin:mnist-cnn", q, prior, n=2, method=fs.NDTM(steps=15), progress=False)
     assert out.config["method_defaults"]["source"] == "scale-free"
-    ung = fs.sample_fiber("builtin:mnist-cnn", q, prior, n=2, method=fs.Unguided(steps=15, eta=0.5), progress=False)
+    # the unguided level over 8 samples (2 could both happen to be the query's digit)
+    ung = fs.sample_fiber(
+        "builtin:mnist-cnn", q, prior, n=8, seed=1, method=fs.Unguided(steps=15, eta=0.5), progress=False
+    )
     assert float(out.fiber_loss.mean()) <= float(ung.fiber_loss.mean()) / 50
 
 
@@ -179,3 +218,33 @@ def test_cli_prints_the_defaults_in_fiber_count_and_the_not_guided_warning(tmp_p
             main([*argv[:6], "--n", "1", "--steps", "4", "--quiet", "--no-report", "--out", str(tmp_path / "o2")]) == 0
         )
     assert "the scale-free default" in capsys.readouterr().out
+
+
+def test_cli_tolerance_nn_takes_a_folder_of_real_images_or_names_the_fix(tmp_path, capsys, monkeypatch):
+    from audit_assets import make_assets
+    from fiberscope.cli import main
+
+    assets = make_assets(tmp_path / "assets")
+    monkeypatch.setenv("FIBERSCOPE_ZOO_DIR", str(assets.zoo))
+    argv = ["sample", str(assets.queries[0]), "--subject", "builtin:mnist-cnn", "--prior", str(assets.prior)]
+    argv += ["--n", "2", "--steps", "4", "--quiet", "--no-report"]
+    capsys.readouterr()
+    # a prior that is not builtin: knows no data set of its own
+    assert main([*argv, "--tolerance", "nn", "--out", str(tmp_path / "a")]) == 2
+    assert "--tolerance nn needs --reference-images" in capsys.readouterr().err
+    assert main([*argv, "--tolerance", "near", "--out", str(tmp_path / "b")]) == 2
+    assert "must be a number" in capsys.readouterr().err
+    assert main([*argv, "--tolerance", "nn", "--reference-images", "mnist", "--out", str(tmp_path / "c")]) == 2
+    assert "its images are (1, 28, 28), the prior's (1, 8, 8)" in capsys.readouterr().err
+    # the other queries are the real images: the query itself is excluded from its own neighbours
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    for q in assets.queries:
+        (bank / q.name).write_bytes(q.read_bytes())
+    out = tmp_path / "d"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGuidedWarning)
+        assert main([*argv, "--tolerance", "nn", "--reference-images", str(bank), "--out", str(out)]) == 0
+    assert "of 2 samples in the fiber (fiber loss sq_l2 ≤" in capsys.readouterr().out
+    rec = fs.FiberSamples.load(out)
+    assert rec.config["tolerance"]["source"] == "nn" and rec.in_fiber is not None

@@ -318,8 +318,8 @@ def test_the_zoo_is_a_table_and_a_builtin_prior_carries_its_preset() -> None:
     assert "from ..priors" not in src and "from ..subjects" not in src and "from ..loading" not in src
     prior = fs.load_prior("builtin:mnist-ddpm")
     assert prior.preset == "builtin-mnist" and registered_preset(prior) == "builtin-mnist"
-    assert resolve_method(fs.NDTM(steps=20), "builtin:mnist-ddpm")[1]["preset"] == "builtin-mnist"  # a string spec
-    assert resolve_method(fs.NDTM(steps=20), prior)[1]["preset"] == "builtin-mnist"
+    assert resolve_method(fs.NDTM(lr=0.1), "builtin:mnist-ddpm")[1]["preset"] == "builtin-mnist"  # a string spec
+    assert resolve_method(fs.NDTM(lr=0.1), prior)[1]["preset"] == "builtin-mnist"
     assert registered_preset(fs.GaussianPrior(dim=2)) is None
 
 

@@ -36,7 +36,6 @@ class DemoSection:
     layer: str | None
     dataset: str
     labels: tuple[int, ...]
-    preset: str
     n: int
     explanation: str
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +53,6 @@ def default_sections(quick: bool = False) -> list[DemoSection]:
             layer="penultimate",
             dataset="mnist",
             labels=(3, 7) if quick else (2, 3, 7),
-            preset="builtin-mnist",
             n=3 if quick else 6,
             overrides=q,
             explanation=(
@@ -71,7 +69,6 @@ def default_sections(quick: bool = False) -> list[DemoSection]:
             layer=None,
             dataset="colormnist",
             labels=(5,) if quick else (0, 5, 9),
-            preset="builtin-colormnist",
             n=3 if quick else 8,
             overrides=q,
             explanation=(
@@ -133,7 +130,8 @@ def run_demo(
     record: dict[str, Any] = {"fiberscope_demo": 1, "quick": quick, "seed": seed, "sections": []}
     report = Report(
         "fiberscope demo: what do these models not see?",
-        f"Fibers of real test digits under {len(sections)} subjects, drawn with NDTM. Offline, on the built-in zoo.",
+        f"Fibers of real test digits under {len(sections)} subjects, drawn with fiberscope's default sampler "
+        "(AutoNDTM: NDTM with scale-free control steps, untuned). Offline, on the built-in zoo.",
     )
     report.paragraph(
         "How to read a grid: the first image is the query, the second is the real test image whose features "
@@ -141,7 +139,9 @@ def run_demo(
         "images the subject maps to (almost) the same features. The number under each image is its fiber "
         "loss, the squared L2 distance between its features and the query's. A sampler does its job when "
         "the samples' losses are well below the nearest real image's, while the samples still look like "
-        "data. What changes across the samples is what the subject ignores. Under each grid: where the samples "
+        "data; a green frame marks a sample whose loss is at most the nearest real image's (in the fiber), a "
+        "red one a sample that is not. What changes across the samples is what the subject ignores. Under each "
+        "grid: where the samples "
         "vary, and the invariance ranking — for each named transformation, the share of the samples' "
         "difference from the query that it explains, beside the same score for unguided samples of the prior "
         "and for random augmentations of the query — with a summary in words.",
@@ -151,7 +151,8 @@ def run_demo(
         t_sec = time.perf_counter()
         prior = load_prior(sec.prior, device=device)
         subject = load_subject(sec.subject, sec.layer, device=device)
-        method = NDTM.preset(sec.preset, **sec.overrides)
+        # the default sampler (what sample_fiber runs with no method): NDTM with its settings left open
+        method = NDTM(**sec.overrides)
         bank, labels = real_images(sec.dataset, "test", seed=seed)
 
         def phi(x: torch.Tensor, s: Any = subject, p: Any = prior) -> torch.Tensor:
@@ -173,7 +174,6 @@ def run_demo(
             "prior": sec.prior,
             "subject": sec.subject,
             "layer": sec.layer,
-            "method": method.config(),
             "queries": [],
         }
         report.heading(sec.title, anchor=sec.key)
@@ -181,7 +181,18 @@ def run_demo(
         summary_rows = []
         for qi, idx in enumerate(_pick_queries(labels, sec.labels)):
             query = bank[idx : idx + 1]
-            res = sample_fiber(subject, query, prior, n=sec.n, method=method, seed=seed + 100 * qi, progress=progress)
+            res = sample_fiber(
+                subject,
+                query,
+                prior,
+                n=sec.n,
+                method=method,
+                seed=seed + 100 * qi,
+                progress=progress,
+                tolerance="nn",  # in the fiber: closer to the query, for the subject, than any real test image
+                reference_images=bank,
+            )
+            sec_rec.setdefault("method", res.config["method"])
             nn = nearest_neighbour(res.target, bank_feats, "sq_l2", exclude=idx)
             ung_loss = fiber_loss(unguided.features, res.target, "sq_l2")
             name = f"{sec.key}_query{qi}_label{int(labels[idx])}"
@@ -231,7 +242,10 @@ def run_demo(
             ["query", "fiber loss (mean)", "nearest real", "unguided prior samples", "varies most in", "seconds"],
             summary_rows,
         )
-        report.details("NDTM settings for this section", "\n".join(f"{k}: {v}" for k, v in method.config().items()))
+        report.details(
+            "Sampler settings for this section (fiberscope's default, AutoNDTM)",
+            "\n".join(f"{k}: {v}" for k, v in sec_rec["method"].items()),
+        )
         sec_rec["seconds"] = time.perf_counter() - t_sec
         record["sections"].append(sec_rec)
     record["seconds"] = time.perf_counter() - t_start

@@ -34,7 +34,6 @@ from typing import Any
 
 from .errors import FiberscopeError, ParameterError, ParameterTypeError
 from .guidance import METHODS, NDTM, PRESETS, GuidanceMethod
-from .guidance.auto import registered_preset
 from .validation import check_keys
 
 __all__ = ["TRAINED", "method_from_spec", "method_names"]
@@ -81,11 +80,12 @@ def method_from_spec(spec: Any, overrides: Mapping[str, Any] | None = None, prio
         spec: ``"ndtm"``, ``"unguided"``, a baseline (``"dps"``, ``"tfg"``, ...), an NDTM preset name,
             ``{"name": ..., **settings}`` (with ``per_prior`` and ``pairs``, see the module),
             ``{"name": "trained", "model": NAME}``, a :class:`GuidanceMethod` (returned as is), or
-            None (the zoo's tuned preset for a ``builtin:`` prior, else ``NDTM()`` with its settings
-            left open, which :func:`~fiberscope.guidance.auto.resolve_method` turns into the
-            scale-free :class:`~fiberscope.guidance.auto.AutoNDTM` when sampling).
+            None (``NDTM()`` with the settings not in ``overrides`` left open, which
+            :func:`~fiberscope.guidance.auto.resolve_method` turns into the default when sampling:
+            the scale-free :class:`~fiberscope.guidance.auto.AutoNDTM`, or the prior's registered
+            NDTM preset for settings only NDTM has).
         overrides: settings that win over the spec's (e.g. from command-line flags).
-        prior_name: the prior's spec: picks its ``per_prior`` settings, and its preset for ``None``.
+        prior_name: the prior's spec: picks its ``per_prior`` settings.
 
     Raises:
         ParameterError: an unknown method or setting, or a setting of the wrong type or out of bounds.
@@ -108,7 +108,7 @@ def method_from_spec(spec: Any, overrides: Mapping[str, Any] | None = None, prio
         spec = name
     if spec is not None and not isinstance(spec, str):
         raise ParameterTypeError(f"method must be a name or an object with a 'name', got {spec!r}"[:300], "method")
-    name = spec.strip().lower() if spec else (registered_preset(prior_name) or "ndtm")
+    name = spec.strip().lower() if spec else "ndtm"  # settings left open: resolve_method picks the default
     bad_key = next((k for k in overrides if not isinstance(k, str)), None)
     if bad_key is not None:
         raise ParameterTypeError(f"method {name!r}: setting names must be strings, got {bad_key!r}", "method")

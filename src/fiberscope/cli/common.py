@@ -129,7 +129,8 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
         "--method",
         default=None,
         help="ndtm, auto, unguided, a baseline or an NDTM preset name (see `fiberscope presets`); default: the "
-        "prior's registered preset, else the scale-free auto (AutoNDTM), which needs no tuning",
+        "scale-free auto (AutoNDTM), which needs no tuning (with NDTM-only flags such as --lr: the prior's "
+        "registered NDTM preset fills the rest)",
     )
     g.add_argument("--steps", type=int, help="denoising steps K")
     g.add_argument("--inner-steps", type=int, help="NDTM: Adam steps N per denoising step")

@@ -26,7 +26,8 @@ def add_commands(subs: Any) -> None:
 fiberscope sample digit.png --subject builtin:mnist-cnn --layer penultimate --prior builtin:mnist-ddpm --n 8 --out fib/
 fiberscope sample queries/ --subject timm:resnet50.a1_in1k --layer layer4 --prior google/ddpm-cifar10-32 \\
     --method ndtm --steps 100 --inner-steps 5 --lr 0.002 --gamma 3 --device cuda --out fibers/
-fiberscope sample q.png --config audit.yaml     # options from a file""",
+fiberscope sample q.png --config audit.yaml     # options from a file
+fiberscope sample digit.png --subject builtin:mnist-cnn --prior builtin:mnist-ddpm --tolerance nn --resample 2""",
         cmd_sample,
     )
     p.add_argument("query", nargs="+", help="image files (PNG/JPEG/...), .npy arrays, or folders of them")
@@ -44,8 +45,13 @@ fiberscope sample q.png --config audit.yaml     # options from a file""",
     p.add_argument("--dtype", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
     p.add_argument(
         "--tolerance",
-        type=float,
-        help="fiber loss (sq_l2) at or below which a sample is in the fiber; marked in the grid and the report",
+        help="fiber loss (sq_l2) at or below which a sample is in the fiber (marked in the grid and the report): a "
+        "number, or nn = the fiber loss of the query's nearest real image among --reference-images",
+    )
+    p.add_argument(
+        "--reference-images",
+        help="real images for --tolerance nn: a folder of images, or a data set (mnist, fashion-mnist, colormnist: "
+        "its test split); default for a builtin: prior, the test split of the data set it was trained on",
     )
     p.add_argument(
         "--resample", type=int, default=0, help="redraw samples outside --tolerance with new seeds, up to K rounds"
@@ -128,6 +134,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         else:
             queries.append(p)
     method = method_from_args(args, args.prior)  # every setting checked before anything is written or loaded
+    tolerance = _tolerance(getattr(args, "tolerance", None))
     out = Path(args.out)
     check_writable(out)
     # models are loaded once for all queries; every query is checked before any sampling starts
@@ -143,6 +150,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     subject = cache.subject(args.subject, args.layer)
     shape = tuple(getattr(prior, "image_shape", None) or prior.data_shape)
     loaded = [load_query(q, image_shape=shape, data_range=prior.data_range) for q in queries]
+    reference = _reference_images(args, prior, shape) if tolerance == "nn" else None
     digests = [query_digest(q) or "" for q in queries]
     # one folder per query content: the same file name from two folders cannot collide
     jobs: dict[Path, tuple[Path, str, Any]] = {}
@@ -180,7 +188,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 device=cache.device,
                 progress=not args.quiet,
                 **runtime_kwargs(args),
-                tolerance=getattr(args, "tolerance", None),
+                tolerance=tolerance,
+                reference_images=reference,
                 resample=getattr(args, "resample", 0) or 0,
             )
             staging = Staging(out, ".partial-sample-")
@@ -209,6 +218,66 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tolerance(value: str | None) -> float | str | None:
+    """``--tolerance``: a number or ``nn``, refused with the fix before any model is loaded."""
+    if value is None or value.strip().lower() == "nn":
+        return None if value is None else "nn"
+    try:
+        return float(value)
+    except ValueError:
+        raise CLIError(
+            f"--tolerance must be a number (a fiber loss, sq_l2) or nn (the nearest real image's), got {value!r}",
+            EXIT["usage"],
+        ) from None
+
+
+#: Data sets ``--reference-images`` can name (their test splits ship with fiberscope).
+REFERENCE_SETS = ("mnist", "fashion-mnist", "colormnist")
+
+
+def _reference_images(args: argparse.Namespace, prior: Any, shape: tuple[int, ...]) -> Any:
+    """The real images ``--tolerance nn`` searches: a folder, a data set's test split, or the zoo prior's own."""
+    import torch
+
+    from ..data.query import load_query
+
+    spec = getattr(args, "reference_images", None)
+    if spec is None:
+        from ..zoo.registry import ZOO
+
+        name = str(args.prior).removeprefix("builtin:") if str(args.prior).startswith("builtin:") else None
+        if name is None or name not in ZOO:
+            raise CLIError(
+                "--tolerance nn needs --reference-images: a folder of real images, or one of "
+                f"{', '.join(REFERENCE_SETS)} (only a builtin: prior knows its own data set)",
+                EXIT["usage"],
+            )
+        spec = ZOO[name].dataset
+    if spec in REFERENCE_SETS:
+        from ..zoo.evaluate import real_images
+
+        images, _ = real_images(spec, "test")
+        if tuple(images.shape[1:]) != tuple(shape):
+            raise CLIError(
+                f"--reference-images {spec}: its images are {tuple(images.shape[1:])}, the prior's {tuple(shape)}; "
+                "give a folder of images the prior's size",
+                EXIT["usage"],
+            )
+        lo, hi = prior.data_range or (-1.0, 1.0)
+        return (images + 1) / 2 * (hi - lo) + lo
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise CLIError(
+            f"--reference-images {spec!r} is neither a folder nor one of {', '.join(REFERENCE_SETS)}", EXIT["usage"]
+        )
+    from ..audit.neighbours import bank_files
+
+    files = bank_files(folder)
+    if not files:
+        raise CLIError(f"--reference-images {folder} holds no images (PNG, JPEG, ... or .npy)", EXIT["usage"])
+    return torch.cat([load_query(f, image_shape=shape, data_range=prior.data_range) for f in files])
+
+
 def _sample_notes(res: Any) -> list[str]:
     """The lines printed after a result: where its defaults came from, in/out of fiber, and its warnings."""
     out = []
@@ -216,7 +285,7 @@ def _sample_notes(res: Any) -> list[str]:
     if how.get("source") == "preset" and how.get("given") is not None:
         out.append(f"settings: the prior's preset {how['preset']} (given: {', '.join(how['given']) or 'none'})")
     elif how.get("source") == "scale-free":
-        out.append("settings: the scale-free default (AutoNDTM: no preset is registered for this prior)")
+        out.append("settings: the scale-free default (AutoNDTM, which needs no tuning per prior)")
     if res.in_fiber is not None:
         k = int(res.in_fiber.sum())
         line = f"{k} of {len(res)} samples in the fiber (fiber loss {res.metric} ≤ {res.tolerance:.4g})"
