@@ -1,18 +1,22 @@
 """Issue 21 item 1, measured: do the defaults reach the fiber on every zoo pair without tuning?
 
 Per pair (``PRIOR:SUBJECT@LAYER``; ``folder:`` = the zoo's weights as a plain diffusers folder, so
-no preset is known), three methods on the same queries and seeds:
+no preset is known), on the same queries and seeds:
 
-* ``default``: what ``fs.sample_fiber(..., method=None)`` runs (the prior's preset, else AutoNDTM);
-* ``auto``: the scale-free AutoNDTM, on every pair (what a prior without a preset gets);
-* ``preset``: the NDTM preset tuned for these weights (``builtin-*``);
+* ``default``: what ``fs.sample_fiber(..., method=None)`` runs (AutoNDTM on every prior);
+* ``preset``: the NDTM preset tuned for these weights (``builtin-*``), the former default;
 * ``unguided``: the prior alone (the bench's settings).
 
-Checks: fiber loss ≤ 1/50 of unguided, class kept (a k-NN classifier in the realism reference's
-space — never the subject — against the query's true label) in ≥ 90 % of samples, realism
-(Fréchet distance to 1,000 real test images in that space) ≤ 1.3 × the preset's.
+Checks: fiber loss ≤ 1/50 of unguided; class kept in ≥ 90 % of samples by an independent
+classifier (``benchmarks/judges.py``: not the subject, another architecture, trained on the full
+training split) against the query's true label; realism (Fréchet distance to 1,000 real test
+images in the realism reference's space) ≤ 1.3 × the preset's. The class check applies where the
+subject's features identify the class at all: the column ``φ identifies`` is the accuracy of a
+1-nearest-neighbour classifier in the subject's own feature space on real test images (5,000 as the
+bank, 1,000 as queries). A subject blind to the class (``fashion-cnn`` on digits: 57 %) has fibers
+that cross classes, and no sampler should keep it.
 
-    PYTHONPATH=src python benchmarks/defaults_acceptance.py --queries 8 --n 2 --out acc-out
+    PYTHONPATH=src python benchmarks/defaults_acceptance.py --queries 10 --n 2 --out acc-out
     PYTHONPATH=src python benchmarks/defaults_acceptance.py --pairs mnist-ddpm:mnist-cnn@logits --queries 4
 """
 
@@ -32,10 +36,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common_pairs import ZOO_PAIRS, Judge, load_pair_prior, parse_pair, run_method, unguided_for
 
 import fiberscope as fs
-from fiberscope.guidance.auto import AutoNDTM, resolve_method, scale_free_default
+from fiberscope.guidance.auto import resolve_method
 from fiberscope.utils import atomic_write_json
 
 LOSS_RATIO, CLASS_KEPT, REALISM_RATIO = 1 / 50, 0.9, 1.3
+
+
+def identifiability(pair: Any, subject: Any, bank: int = 5000, queries: int = 1000) -> float:
+    """Accuracy of a 1-NN classifier in the subject's feature space on real test images of the pair's data set."""
+    from fiberscope.zoo.evaluate import real_images
+
+    x, y = real_images(pair.dataset, "test")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    b, q = perm[:bank], perm[bank : bank + queries]
+    with torch.no_grad():
+        fb = torch.cat([subject(x[b[i : i + 500]], (-1.0, 1.0)).flatten(1) for i in range(0, bank, 500)])
+        fq = torch.cat([subject(x[q[i : i + 500]], (-1.0, 1.0)).flatten(1) for i in range(0, queries, 500)])
+    return float((y[b][torch.cdist(fq, fb).argmin(1)] == y[q]).float().mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         judge = Judge(pair, args.queries, args.query_seed)
         default, how = resolve_method(None, prior)
         methods: dict[str, Any] = {"unguided": unguided_for(pair.prior_name), "default": default}
-        if not isinstance(default, AutoNDTM):
-            methods["auto"] = scale_free_default(prior)
         if pair.tuned_preset and how.get("preset") != pair.tuned_preset:
             methods["preset"] = fs.NDTM.preset(pair.tuned_preset)
         res: dict[str, Any] = {
@@ -80,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             "knn_accuracy_on_real": judge.knn_accuracy,
             "judge_accuracy_on_real": judge.judge_accuracy,
             "realism_fd_real_floor": judge.real_floor(args.queries * args.n),
+            "subject_identifies_class": identifiability(pair, subject),
             "methods": {},
         }
         for name, m in methods.items():
@@ -95,29 +111,36 @@ def main(argv: list[str] | None = None) -> int:
             )
         ung = res["methods"]["unguided"]["fiber_loss_mean"]
         preset_fd = res["methods"].get("preset", res["methods"]["default"] if how["source"] == "preset" else {})
-        for name in ("default", "auto"):
-            if name not in res["methods"] and not (name == "auto" and isinstance(default, AutoNDTM)):
+        ident = res["subject_identifies_class"]
+        for name in ("default", "preset"):
+            if name not in res["methods"]:
                 continue
-            r = res["methods"][name] if name in res["methods"] else res["methods"]["default"]
+            r = res["methods"][name]
             ratio = r["fiber_loss_mean"] / ung
             rr = r["realism_fd"] / preset_fd["realism_fd"] if preset_fd else float("nan")
             checks = {
                 "loss_ratio": ratio,
                 "loss_ok": ratio <= LOSS_RATIO,
-                "class_kept_ok": r["class_kept"] >= CLASS_KEPT,
+                "class_kept_ok": r["class_kept"] >= CLASS_KEPT if ident >= CLASS_KEPT else None,
                 "realism_ratio": rr,
                 "realism_ok": bool(rr <= REALISM_RATIO) if rr == rr else None,
             }
             r["checks"] = checks
-            rows.append([spec, name, ratio, r["class_kept"], rr, r["forward_equivalents"], checks])
+            rows.append([spec, name, ratio, r["class_kept"], ident, rr, r["forward_equivalents"], checks])
         res["seconds"] = time.perf_counter() - t0
         results["pairs"][spec] = res
         atomic_write_json(out / "acceptance.json", results)
     print()
-    print(f"{'pair':40s} {'mode':8s} {'loss/unguided':>13s} {'class kept':>10s} {'realism/preset':>14s} {'fe':>6s}  ok")
-    for spec, name, ratio, kept, rr, fe, c in rows:
-        ok = c["loss_ok"] and c["class_kept_ok"] and c["realism_ok"] is not False
-        print(f"{spec:40s} {name:8s} {ratio:13.2e} {kept:10.0%} {rr:14.2f} {fe:6.0f}  {'yes' if ok else 'NO'}")
+    print(
+        f"{'pair':40s} {'mode':8s} {'loss/unguided':>13s} {'class kept':>10s} {'φ identifies':>12s} "
+        f"{'realism/preset':>14s} {'fe':>6s}  ok"
+    )
+    for spec, name, ratio, kept, ident, rr, fe, c in rows:
+        ok = c["loss_ok"] and c["class_kept_ok"] is not False and c["realism_ok"] is not False
+        print(
+            f"{spec:40s} {name:8s} {ratio:13.2e} {kept:10.0%} {ident:12.0%} {rr:14.2f} {fe:6.0f}  "
+            f"{'yes' if ok else 'NO'}"
+        )
     print(f"results: {out / 'acceptance.json'}")
     for d in tmp:
         d.cleanup()

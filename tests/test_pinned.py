@@ -204,6 +204,17 @@ CASES: dict[str, tuple[str, Any, str | None]] = {
     "mpgd/gmm": ("gmm", lambda: fs.MPGD(steps=6), None),
     "tfg/gauss_flow,euler": ("gauss_flow", lambda: fs.TFG(steps=6, sampler="euler"), None),
     "pixel_opt/default": ("unet", lambda: fs.PixelOptimization(iterations=8), None),
+    # AutoNDTM, fiberscope's default: its phases and update rules
+    "auto/default": ("unet", lambda: fs.AutoNDTM(steps=6), None),
+    "auto/no_polish,rho=0.8": ("unet", lambda: fs.AutoNDTM(steps=6, polish_steps=0, rho=0.8), None),
+    "auto/start=1,polish_start=0.5,N=1,P=2": (
+        "unet",
+        lambda: fs.AutoNDTM(steps=6, start=1.0, polish_start=0.5, inner_steps=1, polish_steps=2),
+        None,
+    ),
+    "auto/eta=0,max_step=0.05": ("unet", lambda: fs.AutoNDTM(steps=6, eta=0.0, max_step=0.05), None),
+    "auto/flow,euler": ("unet_flow", lambda: fs.AutoNDTM(steps=6, sampler="euler"), None),
+    "auto/gmm": ("gmm", lambda: fs.AutoNDTM(steps=6), None),
     # unguided sampling
     "unguided/ddim": ("unet", lambda: fs.Unguided(steps=6), None),
     "unguided/ddim,eta=1": ("unet", lambda: fs.Unguided(steps=6, eta=1.0), None),
@@ -219,6 +230,7 @@ CASES: dict[str, tuple[str, Any, str | None]] = {
 
 # Groups whose members must all give different pins (the pins are discriminating).
 GROUPS: dict[str, list[str]] = {
+    "auto": [k for k in CASES if k.startswith("auto/") and "flow" not in k and "gmm" not in k],
     "w_control": ["ndtm/base"] + [k for k in CASES if k.startswith("ndtm/w_control=")],
     "w_score": ["ndtm/base"] + [k for k in CASES if k.startswith("ndtm/w_score=")],
     "sampler": [
