@@ -499,7 +499,7 @@ def measure(cfg: dict[str, Any], prior: Any = None, subject: Any = None) -> dict
 
     object.__setattr__(method, "run", timed_run)
     bs = int(cfg.get("batch_size", 1))
-    shape = tuple(getattr(prior, "image_shape", None) or prior.data_shape)
+    shape = tuple(prior.image_shape)
     query = torch.rand((1, *shape), generator=torch.Generator().manual_seed(0)) * 2 - 1
     with contextlib.suppress(_Stop):
         fs.sample_fiber(

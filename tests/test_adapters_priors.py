@@ -178,7 +178,7 @@ def test_ldm_vq_prior_from_directory(ldm_dir):
 
     prior = fs.load_prior(ldm_dir)
     ref = LDMPipeline.from_pretrained(str(ldm_dir))
-    assert prior.is_latent and prior.data_shape == (3, 8, 8) and prior.image_shape == (3, 16, 16)
+    assert prior.is_latent and prior.state_shape == (3, 8, 8) and prior.image_shape == (3, 16, 16)
     assert prior.schedule.kind == "vp" and prior.parameterization == "eps"
     assert prior.describe()["autoencoder_class"] == "VQModel" and prior.describe()["latent_scale"] == 1.0
     z = torch.randn(2, 3, 8, 8)
@@ -201,7 +201,7 @@ def test_stable_diffusion_prior_with_a_fixed_prompt(sd_dir):
     ref = StableDiffusionPipeline.from_pretrained(str(sd_dir), safety_checker=None)
     emb, _ = ref.encode_prompt("a photo of a cat", "cpu", 1, False)
     assert torch.equal(prior.denoiser.embeds, emb.float())  # computed once, by the pipeline's own encode_prompt
-    assert prior.data_shape == (4, 8, 8) and prior.image_shape == (3, 16, 16)
+    assert prior.state_shape == (4, 8, 8) and prior.image_shape == (3, 16, 16)
     d = prior.describe()
     assert d["prompt"] == "a photo of a cat" and d["denoiser_class"] == "UNet2DConditionModel"
     assert float(prior.scale) == pytest.approx(ref.vae.config.scaling_factor)
@@ -240,7 +240,7 @@ def test_stable_diffusion_classifier_free_guidance_and_checkpointing(sd_dir):
 def test_sd3_transformer_flow_prior(sd3_dir):
     prior = fs.load_prior(sd3_dir, prompt="a dog")
     assert prior.schedule.kind == "flow" and prior.parameterization == "velocity"
-    assert prior.schedule.shift == 3.0 and prior.data_shape == (4, 8, 8)
+    assert prior.schedule.shift == 3.0 and prior.state_shape == (4, 8, 8)
     assert float(prior.scale) == 1.5 and float(prior.shift) == pytest.approx(0.1)
     enc = prior.denoiser
     assert enc.embeds.shape[-1] == 32 and enc.pooled.shape == (1, 16)
@@ -327,7 +327,7 @@ def test_flat_google_ddpm_layout_loads_from_a_cached_hub_id(monkeypatch, tmp_pat
     )
     assert (snapshot / "config.json").is_file() and (snapshot / "scheduler_config.json").is_file()
     prior = fs.load_prior("fs-test/ddpm-flat-16")  # a hub id, resolved in the (local) cache only
-    assert prior.data_shape == (3, 16, 16) and prior.parameterization == "v" and not prior.is_latent
+    assert prior.state_shape == (3, 16, 16) and prior.parameterization == "v" and not prior.is_latent
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(

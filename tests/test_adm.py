@@ -150,7 +150,7 @@ def test_tiny_family_round_trips_through_load_prior(tiny, loaded, family):
     d = prior.describe()["adm"]
     assert (d["family"], d["family_match"]) == (family, "structure")
     assert d["config"]["channel_mult"] == list(cfg.channel_mult)
-    assert prior.data_shape == (3, cfg.image_size, cfg.image_size)
+    assert prior.state_shape == (3, cfg.image_size, cfg.image_size)
     assert prior.learned_variance and prior.parameterization == "eps"
     expected = VPS[cfg.noise_schedule]
     assert torch.equal(prior.schedule.alphas_cumprod, expected.alphas_cumprod)

@@ -33,7 +33,7 @@ def _one_thread():
 @pytest.fixture
 def tiny_prior():
     """A tiny random UNet as an ε-prediction DDPM prior on 1×8×8 images."""
-    return fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", data_shape=(1, 8, 8), name="tiny-unet")
+    return fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", state_shape=(1, 8, 8), name="tiny-unet")
 
 
 LINEAR_SETTINGS = {
@@ -133,7 +133,7 @@ def test_mpgd_never_differentiates_the_prior():
             raise RuntimeError("the prior was called with autograd on")
         return base.network(x, t)
 
-    prior = fs.CallablePrior(frozen, base.schedule, "eps", data_shape=(4,), data_range=None)
+    prior = fs.CallablePrior(frozen, base.schedule, "eps", state_shape=(4,), data_range=None)
     phi = lambda x: x[:, :2]  # noqa: E731
     q = torch.ones(1, 4)
     out = fs.sample_fiber(phi, q, prior, n=8, method=fs.MPGD(steps=20, scale=0.1, loss="sq_l2"), progress=False)

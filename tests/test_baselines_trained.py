@@ -241,7 +241,7 @@ def test_latent_baselines_sample_per_sample_and_return_the_priors_states(trained
 def test_featinv_samples_per_sample_on_a_pixel_prior(trained):
     d = str(trained["root"] / "t-featinv")
     subj, imgs = trained["subject8"], trained["images8"]
-    prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", data_shape=(1, 8, 8), name="toy-prior")
+    prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", state_shape=(1, 8, 8), name="toy-prior")
     m = TrainedBaseline(d)
     a = fs.sample_fiber(subj, imgs[:1], prior, n=3, method=m, seed=1, batch_size=1, progress=False)
     b = fs.sample_fiber(subj, imgs[:1], prior, n=3, method=m, seed=1, batch_size=3, progress=False)
@@ -302,7 +302,7 @@ def test_bench_runs_a_trained_baseline_on_its_own_pair_only(trained, tmp_path):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(30, 1, 8, 8, generator=g) * 2 - 1
     labels = torch.randint(0, 6, (30,), generator=g)
-    prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", data_shape=(1, 8, 8), name="toy-prior")
+    prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", state_shape=(1, 8, 8), name="toy-prior")
     cfg = {
         "methods": {
             "dps": {"name": "dps", "steps": 3, "scale": 0.2},

@@ -35,7 +35,7 @@ def _one_thread():
 
 @pytest.fixture
 def toy():
-    prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", data_shape=(1, 8, 8), name="toy-prior")
+    prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", state_shape=(1, 8, 8), name="toy-prior")
     g = torch.Generator().manual_seed(0)
     images = torch.rand(40, 1, 8, 8, generator=g) * 2 - 1
     labels = torch.randint(0, 6, (40,), generator=g)

@@ -419,7 +419,7 @@ def test_clip_before_decode_and_what_is_returned():
         fs.GaussianPrior(dim=6, std=2.0).network,
         fs.VPSchedule.linear(),
         "eps",
-        data_shape=(6,),
+        state_shape=(6,),
         data_range=(-1.0, 1.0),
         decode=decode,
         encode=torch.atanh,

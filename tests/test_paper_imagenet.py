@@ -92,7 +92,7 @@ def _check(root, man, audit_out, n: int, steps: int) -> dict:
     for r in rows:
         rec = json.loads((audit_out / r["dir"] / "record.json").read_text())
         assert rec["config"]["method"]["steps"] == steps and rec["config"]["prior"]["class"] == "ADMPrior"
-        assert rec["config"]["prior"]["data_shape"] == [3, 8, 8]
+        assert rec["config"]["prior"]["state_shape"] == [3, 8, 8]
         q = names.index(next(u["label"] for u in units if u["query"] == r["query"]))
         d = ((feats - feats[q]) ** 2).sum(1)
         d[q] = float("inf")

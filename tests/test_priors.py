@@ -98,7 +98,7 @@ def test_diffusers_adapter_parameterisations_are_consistent(tmp_path, pred):
     DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(prediction_type=pred)).save_pretrained(str(tmp_path / "p"))
     prior = fs.load_prior(tmp_path / "p")
     assert prior.parameterization == {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}[pred]
-    assert prior.data_shape == (1, 8, 8) and prior.schedule.kind == "vp"
+    assert prior.state_shape == (1, 8, 8) and prior.schedule.kind == "vp"
     x = torch.randn(2, 1, 8, 8)
     d = prior.denoise(x, 300)
     a, s = (p.float() for p in prior.schedule.alpha_sigma(300))
@@ -178,12 +178,71 @@ def test_missing_prior_and_pickle_only_dirs_fail_clearly(tmp_path):
 
 def test_callable_prior_with_declared_parameterisation():
     prior = fs.CallablePrior(
-        lambda x, t: torch.zeros_like(x), fs.VPSchedule.linear(), "x0", data_shape=(3,), data_range=None
+        lambda x, t: torch.zeros_like(x), fs.VPSchedule.linear(), "x0", state_shape=(3,), data_range=None
     )
     d = prior.denoise(torch.ones(2, 3), 100)
     assert torch.equal(d.x0, torch.zeros(2, 3))
     with pytest.raises(ValueError, match="FlowSchedule"):
-        fs.CallablePrior(lambda x, t: x, fs.VPSchedule.linear(), "velocity", data_shape=(3,))
+        fs.CallablePrior(lambda x, t: x, fs.VPSchedule.linear(), "velocity", state_shape=(3,))
+
+
+def test_every_prior_names_its_state_shape_and_its_image_shape():
+    """``state_shape`` is what the sampler walks in, ``image_shape`` what ``decode`` returns."""
+    pixel = fs.CallablePrior(lambda x, t: torch.zeros_like(x), fs.VPSchedule.linear(), "eps", state_shape=(1, 4, 4))
+    assert pixel.state_shape == pixel.image_shape == (1, 4, 4) and not pixel.is_latent
+    latent = fs.CallablePrior(
+        lambda z, t: torch.zeros_like(z), fs.VPSchedule.linear(), "eps", state_shape=(2,), data_range=None,
+        decode=lambda z: z.repeat(1, 3), image_shape=(6,),
+    )  # fmt: skip
+    assert latent.state_shape == (2,) and latent.image_shape == (6,)
+    assert latent.decode(torch.zeros(5, *latent.state_shape)).shape == (5, *latent.image_shape)
+    assert fs.GaussianPrior(dim=3).state_shape == fs.GaussianPrior(dim=3).image_shape == (3,)
+    d = latent.describe()
+    assert d["state_shape"] == [2] and d["image_shape"] == [6] and d["data_shape"] == [2]  # old key, old meaning
+
+
+def test_data_shape_still_works_for_one_release_with_a_warning():
+    prior = fs.GaussianPrior(dim=3)
+    with pytest.warns(DeprecationWarning, match="state_shape"):
+        assert prior.data_shape == (3,)
+    with pytest.warns(DeprecationWarning, match=r"CallablePrior\(data_shape=...\) is deprecated: pass state_shape"):
+        old = fs.CallablePrior(lambda x, t: torch.zeros_like(x), fs.VPSchedule.linear(), "eps", data_shape=(2,))
+    assert old.state_shape == old.image_shape == (2,)
+    with pytest.raises(TypeError, match="state_shape"):
+        fs.CallablePrior(lambda x, t: x, fs.VPSchedule.linear(), "eps")
+
+
+def test_a_users_prior_subclass_that_sets_data_shape_still_samples():
+    """Subclasses written against the old contract set ``self.data_shape`` (or declare it): both still work."""
+
+    class OldStylePrior(fs.Prior):
+        def __init__(self) -> None:
+            super().__init__()
+            self.schedule = fs.VPSchedule.linear()
+            self.data_shape = (2,)  # the old name: sets the state shape
+            self.data_range = None
+
+        def network(self, x_t: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
+            return torch.zeros_like(x_t)
+
+    with pytest.warns(DeprecationWarning, match="set state_shape"):
+        prior = OldStylePrior()
+    assert prior.state_shape == prior.image_shape == (2,)
+    out = fs.sample_fiber(lambda x: x[:, :1], torch.ones(1, 2), prior, n=2, method=fs.DPS(steps=4), progress=False)
+    assert out.images.shape == (2, 2)
+
+    with pytest.warns(DeprecationWarning, match="declare state_shape"):
+
+        class DeclaredPrior(OldStylePrior):
+            data_shape = (1, 2, 2)
+            image_shape = None
+
+            def __init__(self) -> None:
+                fs.Prior.__init__(self)
+                self.schedule = fs.VPSchedule.linear()
+
+    declared = DeclaredPrior()
+    assert declared.state_shape == declared.image_shape == (1, 2, 2)
 
 
 def test_latent_prior_decodes_before_the_subject():
@@ -194,7 +253,7 @@ def test_latent_prior_decodes_before_the_subject():
         base.network,
         base.schedule,
         "eps",
-        data_shape=(2,),
+        state_shape=(2,),
         data_range=None,
         decode=lambda z: z @ W.T,
         encode=lambda x: torch.linalg.lstsq(W, x.T).solution.T,

@@ -51,7 +51,7 @@ class _MemoryLimited(nn.Module):
 
 
 def _vp_prior(net, dim=4):
-    return fs.CallablePrior(net, fs.VPSchedule.linear(), "eps", data_shape=(dim,), data_range=None)
+    return fs.CallablePrior(net, fs.VPSchedule.linear(), "eps", state_shape=(dim,), data_range=None)
 
 
 def test_autocast_runs_the_networks_in_bf16_and_keeps_the_guidance_in_fp32():

@@ -23,7 +23,7 @@ METHOD = fs.NDTM(steps=6, inner_steps=2, lr=0.05, gamma=1.0, sampler="ddim", eta
 
 @pytest.fixture(scope="module")
 def toy():
-    prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", data_shape=(1, 8, 8), name="toy-prior")
+    prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", state_shape=(1, 8, 8), name="toy-prior")
     subject = fs.load_subject(TinyCNN(), "head")
     g = torch.Generator().manual_seed(0)
     queries = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1

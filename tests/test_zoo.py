@@ -32,10 +32,10 @@ def test_zoo_weights_are_small_and_safetensors_only():
 @pytest.mark.parametrize("name", PRIORS)
 def test_builtin_priors_load_and_denoise(name):
     prior = fs.load_prior(f"builtin:{name}")
-    image_shape = prior.image_shape or prior.data_shape
+    image_shape = prior.image_shape
     assert tuple(image_shape) == ((3, 28, 28) if ZOO[name].dataset == "colormnist" else (1, 28, 28))
     assert prior.data_range == (-1.0, 1.0)
-    z = torch.randn(2, *prior.data_shape, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(2, *prior.state_shape, generator=torch.Generator().manual_seed(0))
     t = prior.schedule.grid(10)[3]
     with torch.no_grad():
         d = prior.denoise(z, t)

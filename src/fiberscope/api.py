@@ -326,7 +326,7 @@ def _probe_step(
     with contextlib.suppress(_ProbeDone):
         method.run(prior, objective, method.initial_state(prior, objective, noise), noise, stop)
     with torch.no_grad():  # the final decoding and φ at that size too
-        objective.features_of_data(prior.decode(noise.randn(prior.data_shape)))
+        objective.features_of_data(prior.decode(noise.randn(prior.state_shape)))
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -447,8 +447,7 @@ def sample_fiber(
     method, defaults = resolve_method(method, prior_obj)  # the prior's preset, or the scale-free default
     dev = torch.device(device) if device is not None else prior_obj.device
     subj = load_subject(subject, layer, device=dev)
-    image_shape = getattr(prior_obj, "image_shape", None) or prior_obj.data_shape
-    q = load_query(query, image_shape=tuple(image_shape), data_range=prior_obj.data_range, device=dev)
+    q = load_query(query, image_shape=prior_obj.image_shape, data_range=prior_obj.data_range, device=dev)
     all_seeds = list(seeds) if seeds is not None else sample_seeds(seed, n)
     if channels_last:
         apply_channels_last(prior_obj, subj)

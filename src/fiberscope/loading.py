@@ -129,7 +129,7 @@ def load_prior(
     Example:
         >>> from fiberscope import load_prior
         >>> prior = load_prior("builtin:mnist-ddpm")                   # doctest: +SKIP
-        >>> prior.data_shape, prior.schedule.kind                      # doctest: +SKIP
+        >>> prior.state_shape, prior.schedule.kind                      # doctest: +SKIP
         ((1, 28, 28), 'vp')
         >>> sd = load_prior("stable-diffusion-v1-5/stable-diffusion-v1-5", prompt="a photo of a face",
         ...                 dtype="fp16", device="cuda")               # doctest: +SKIP

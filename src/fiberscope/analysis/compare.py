@@ -223,7 +223,7 @@ def heatmap_image(matrix: Sequence[Sequence[float]], names: Sequence[str], cell:
 def _load_queries(queries: Any, prior: Prior) -> tuple[torch.Tensor, list[str]]:
     from ..data.query import IMAGE_SUFFIXES, QueryError, load_query
 
-    shape = tuple(getattr(prior, "image_shape", None) or prior.data_shape)
+    shape = tuple(prior.image_shape)
     items: list[Any]
     names: list[str]
     if isinstance(queries, (str, os.PathLike)) and Path(queries).is_dir():

@@ -202,7 +202,7 @@ def unguided_samples(prior: str | Prior, n: int, seed: int = 0, device: str | No
         entry = ZOO.get(name.removeprefix("builtin:"))
         if entry is not None:
             settings = dict(entry.sampling)
-    shape = tuple(getattr(p, "image_shape", None) or p.data_shape)
+    shape = tuple(p.image_shape)
     lo = p.data_range[0] if p.data_range else -1.0
     res = sample_fiber(
         lambda x: x.flatten(1)[:, :1],

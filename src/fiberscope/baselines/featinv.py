@@ -178,7 +178,7 @@ class FeatInvUNet(nn.Module):
         rule = StepRule(sampler, eta)
         rule.validate()
         net = lambda x, t: self.guided_eps(x, t, feats, guidance_scale)  # noqa: E731
-        prior = CallablePrior(net, VPSchedule.linear(self.schedule_T), "eps", data_shape=self.image_shape)
+        prior = CallablePrior(net, VPSchedule.linear(self.schedule_T), "eps", state_shape=self.image_shape)
         times = prior.schedule.grid(steps)
         table = rule.prepare(prior, times)
         x = noise.randn(self.image_shape).to(feats.device)

@@ -157,10 +157,10 @@ class TrainedModel(nn.Module):
             raw = self.codec.raw(samples)
             return (raw - prior.shift.to(raw)) * prior.scale.to(raw)
         images = self.images(samples)
-        if prior.is_latent or tuple(prior.data_shape) != tuple(images.shape[1:]):
+        if prior.is_latent or tuple(prior.state_shape) != tuple(images.shape[1:]):
             raise ValueError(
                 f"baseline {self.name!r} makes images of shape {tuple(images.shape[1:])}, which prior "
-                f"{prior.name!r} (states {tuple(prior.data_shape)}) cannot hold; pair it with "
+                f"{prior.name!r} (states {tuple(prior.state_shape)}) cannot hold; pair it with "
                 f"{self.config.get('pair', ['a pixel prior of that shape'])[0]}"
             )
         return images
@@ -171,7 +171,7 @@ class TrainedModel(nn.Module):
             assert self.codec is not None
             g = torch.Generator().manual_seed(0)
             z = torch.randn(2, self.codec.latent_dim, generator=g).to(prior.shift.device)
-            if tuple(prior.data_shape) != (self.codec.latent_dim,):
+            if tuple(prior.state_shape) != (self.codec.latent_dim,):
                 self._probe_ok[key] = False
             else:
                 with torch.no_grad():
@@ -205,7 +205,7 @@ class TrainedModel(nn.Module):
                 name=f"baseline:{self.name} (decoder only)",
             )
         return CallablePrior(
-            zero, VPSchedule.linear(), "eps", data_shape=self.image_shape, name=f"baseline:{self.name} (pixels)"
+            zero, VPSchedule.linear(), "eps", state_shape=self.image_shape, name=f"baseline:{self.name} (pixels)"
         )
 
 
@@ -380,7 +380,7 @@ class TrainedBaseline(GuidanceMethod):
 
     def initial_state(self, prior: Prior, objective: FiberObjective, noise: SampleNoise) -> torch.Tensor:
         """A placeholder (the model draws its own noise from ``noise`` in :meth:`run`)."""
-        return torch.zeros(len(noise), *prior.data_shape, device=noise.device)
+        return torch.zeros(len(noise), *prior.state_shape, device=noise.device)
 
     def run(
         self,

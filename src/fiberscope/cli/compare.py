@@ -60,7 +60,7 @@ def _bank(folder: str, prior: Any) -> Any:
     files = sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
     if not files:
         raise CLIError(f"--bank {folder} holds no images (PNG, JPEG, ... or .npy)")
-    shape = tuple(getattr(prior, "image_shape", None) or prior.data_shape)
+    shape = tuple(prior.image_shape)
     return torch.cat([load_query(f, image_shape=shape, data_range=prior.data_range) for f in files])
 
 

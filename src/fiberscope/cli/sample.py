@@ -148,7 +148,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     prior = cache.prior(args.prior)
     subject = cache.subject(args.subject, args.layer)
-    shape = tuple(getattr(prior, "image_shape", None) or prior.data_shape)
+    shape = tuple(prior.image_shape)
     loaded = [load_query(q, image_shape=shape, data_range=prior.data_range) for q in queries]
     reference = _reference_images(args, prior, shape) if tolerance == "nn" else None
     digests = [query_digest(q) or "" for q in queries]

@@ -182,7 +182,7 @@ class FiberObjective:
     Args:
         prior: decodes states to data (latent priors) and denoises the query for per-step targets.
         subject: φ.
-        query: the query image ``[1, *data_shape]`` in the prior's data range.
+        query: the query image ``[1, *image_shape]`` in the prior's data range.
         loss: the terminal cost (name or callable); the reference uses ``l2``.
     """
 
@@ -477,7 +477,7 @@ class GuidanceMethod(ABC):
     def initial_state(self, prior: Prior, objective: FiberObjective, noise: SampleNoise) -> torch.Tensor:
         """Pure noise at the first grid time, or (``init="sdedit"``) the query noised to it."""
         if self.init != "sdedit":
-            return noise.randn(prior.data_shape)
+            return noise.randn(prior.state_shape)
         shape = objective.query_state.shape[1:]
         xi = noise.randn(shape)
         t0 = self.times(prior)[0]

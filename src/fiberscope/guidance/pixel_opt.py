@@ -110,7 +110,7 @@ class PixelOptimization(LossSetting, AdamSettings, GuidanceMethod):
             return q + self.init_std * noise.randn(q.shape[1:])
         clip = self.clip_range(prior)
         centre = 0.0 if clip is None else (clip[0] + clip[1]) / 2
-        x = centre + self.init_std * noise.randn(prior.data_shape)
+        x = centre + self.init_std * noise.randn(prior.state_shape)
         return x if clip is None else x.clamp(*clip)
 
     def run(

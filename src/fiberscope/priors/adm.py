@@ -21,7 +21,7 @@ own implementation of that UNet, in three parts:
 Example:
     >>> import fiberscope as fs
     >>> prior = fs.load_prior("256x256_diffusion_uncond.pt", dtype="bf16")        # doctest: +SKIP
-    >>> prior.describe()["adm"]["family"], prior.data_shape                       # doctest: +SKIP
+    >>> prior.describe()["adm"]["family"], prior.state_shape                      # doctest: +SKIP
     ('adm-256-uncond', (3, 256, 256))
     >>> cond = fs.load_prior("256x256_diffusion.pt", class_label=207)             # doctest: +SKIP
 """
@@ -122,7 +122,7 @@ class ADMPrior(Prior):
             self.schedule = VPSchedule.cosine(T)
         self.parameterization = "x0" if c.predict_xstart else "eps"
         self.learned_variance = c.learn_sigma
-        self.data_shape = (c.in_channels, c.image_size, c.image_size)
+        self.state_shape = (c.in_channels, c.image_size, c.image_size)
         self.data_range = (-1.0, 1.0)
         self.clip_range = (-1.0, 1.0)
         self.compute_dtype = unet.inner_dtype

@@ -34,7 +34,7 @@ class _AnalyticPrior(Prior):
         super().__init__()
         self.schedule = schedule or VPSchedule.linear()
         self.parameterization = "velocity" if self.schedule.kind == "flow" else "eps"
-        self.data_shape = tuple(shape)
+        self.state_shape = tuple(shape)
         self.data_range = data_range
         self.clip_range = None
         self.name = name
@@ -89,7 +89,7 @@ class GaussianPrior(_AnalyticPrior):
 
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(n, self.mean.numel(), generator=generator)
-        return (self.mean + self.std * z).reshape(n, *self.data_shape)
+        return (self.mean + self.std * z).reshape(n, *self.state_shape)
 
 
 class GaussianMixturePrior(_AnalyticPrior):
@@ -136,7 +136,7 @@ class GaussianMixturePrior(_AnalyticPrior):
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.means.shape[1], generator=generator)
-        return (self.means[k] + self.stds[k, None] * z).reshape(n, *self.data_shape)
+        return (self.means[k] + self.stds[k, None] * z).reshape(n, *self.state_shape)
 
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
         """Log density of clean data ``x`` under the mixture (per sample)."""

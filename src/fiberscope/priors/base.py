@@ -11,14 +11,20 @@ Example (any callable becomes a prior once its parameterisation is declared):
     >>> import torch
     >>> from fiberscope.priors import CallablePrior, VPSchedule
     >>> net = lambda x, t: torch.zeros_like(x)                      # predicts ε = 0
-    >>> prior = CallablePrior(net, VPSchedule.linear(), "eps", data_shape=(2,), data_range=None)
+    >>> prior = CallablePrior(net, VPSchedule.linear(), "eps", state_shape=(2,), data_range=None)
     >>> d = prior.denoise(torch.ones(3, 2), 500)
-    >>> d.x0.shape
-    torch.Size([3, 2])
+    >>> d.x0.shape, prior.state_shape, prior.image_shape
+    (torch.Size([3, 2]), (2,), (2,))
+
+Shapes: ``state_shape`` is the shape of one state the sampler walks in (what noise, guidance and
+step rules see: the latent for a latent prior), ``image_shape`` that of one decoded image (what
+``decode`` returns; the state shape for a pixel prior). ``data_shape``, their old single name, still
+reads (and sets) the state shape for one release, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +33,7 @@ import torch
 from torch import nn
 
 from .. import counting
-from .._deprecated import moved
+from .._deprecated import REMOVED_IN, moved
 from ..runtime import autocast, to_channels_last
 from .schedule import Schedule
 
@@ -55,7 +61,11 @@ class Prior(nn.Module):
         schedule: the interpolant and time grid.
         parameterization: what :meth:`network` predicts: ``eps``, ``x0``, ``v`` or ``velocity``.
         learned_variance: the network output carries a second half with the variance (ADM style).
-        data_shape: shape of one state (latent shape for latent priors).
+        state_shape: shape of one state, what noise, guidance and the step rules see (the latent shape
+            for latent priors).
+        image_shape: shape of one decoded image, what :meth:`decode` returns (= ``state_shape`` for
+            pixel priors, which is what it reads unless set).
+        data_shape: deprecated name of ``state_shape`` (reads and sets it, with a warning).
         data_range: ``(lo, hi)`` of decoded data (images), or None when unbounded.
         clip_range: default clip of x̂0 in state space (None: no clipping, e.g. latents).
         preset: the NDTM preset tuned for this prior (``fiberscope presets``), or None; set by the
@@ -66,13 +76,34 @@ class Prior(nn.Module):
     schedule: Schedule
     parameterization: str = "eps"
     learned_variance: bool = False
-    data_shape: tuple[int, ...] = ()
-    image_shape: tuple[int, ...] | None = None
+    state_shape: tuple[int, ...] = ()
+    _image_shape: tuple[int, ...] | None = None  # None: the state shape (a pixel prior)
     data_range: tuple[float, float] | None = (-1.0, 1.0)
     clip_range: tuple[float, float] | None = (-1.0, 1.0)
     is_latent: bool = False
     name: str = "prior"
     preset: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Subclasses written before the shapes were named may declare ``data_shape``: read it as ``state_shape``."""
+        super().__init_subclass__(**kwargs)
+        legacy = cls.__dict__.get("data_shape")
+        if legacy is not None:
+            warnings.warn(
+                f"{cls.__name__}.data_shape is deprecated: declare state_shape (the shape of one state) instead "
+                f"(data_shape is removed in fiberscope {REMOVED_IN})",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if not isinstance(legacy, property):
+                cls.state_shape = tuple(legacy)
+            elif "state_shape" not in cls.__dict__:  # a computed data_shape: state_shape reads it
+                cls.state_shape = property(lambda self: tuple(legacy.fget(self)))  # type: ignore[assignment,misc]
+            delattr(cls, "data_shape")
+        if "image_shape" in cls.__dict__ and not isinstance(cls.__dict__["image_shape"], property):
+            shape = cls.__dict__["image_shape"]
+            cls._image_shape = tuple(shape) if shape is not None else None
+            delattr(cls, "image_shape")
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,6 +125,37 @@ class Prior(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Data → state (identity for pixel priors)."""
         return x
+
+    # ---- shapes ----------------------------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one decoded image (what :meth:`decode` returns): ``state_shape`` unless set."""
+        return self._image_shape if self._image_shape is not None else tuple(self.state_shape)
+
+    @image_shape.setter
+    def image_shape(self, shape: tuple[int, ...] | None) -> None:
+        self._image_shape = tuple(shape) if shape is not None else None
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Deprecated: the state shape; read :attr:`state_shape` (or :attr:`image_shape` for decoded images)."""
+        warnings.warn(
+            f"Prior.data_shape is deprecated: read state_shape (the shape of one state; image_shape for decoded "
+            f"images) instead (data_shape is removed in fiberscope {REMOVED_IN})",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return tuple(self.state_shape)
+
+    @data_shape.setter
+    def data_shape(self, shape: tuple[int, ...]) -> None:
+        warnings.warn(
+            f"setting Prior.data_shape is deprecated: set state_shape (the shape of one state) instead "
+            f"(data_shape is removed in fiberscope {REMOVED_IN})",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.state_shape = tuple(shape)
 
     # ---- the contract ----------------------------------------------------------------------------
     @property
@@ -145,8 +207,9 @@ class Prior(nn.Module):
             "schedule": self.schedule.config(),
             "parameterization": self.parameterization,
             "learned_variance": self.learned_variance,
-            "data_shape": list(self.data_shape),
-            "image_shape": list(self.image_shape or self.data_shape),
+            "state_shape": list(self.state_shape),
+            "image_shape": list(self.image_shape),
+            "data_shape": list(self.state_shape),  # the state shape's old name, for readers of older records
             "data_range": list(self.data_range) if self.data_range else None,
             "latent": self.is_latent,
         }
@@ -176,11 +239,14 @@ class CallablePrior(Prior):
         net: callable on ``(x_t [B, ...], t [B] native timesteps)``; an ``nn.Module`` is registered.
         schedule: its training schedule.
         parameterization: ``eps``, ``x0``, ``v`` or ``velocity``.
-        data_shape: shape of one state.
+        state_shape: shape of one state.
         data_range: range of (decoded) data, e.g. ``(-1, 1)``; None if unbounded.
         decode / encode: for latent priors, state ↔ data maps (differentiable).
         clip_range: clip of x̂0 in state space used by guidance (None for latents).
         learned_variance: output has a second half holding ADM's variance interpolation.
+        image_shape: shape of one decoded image (default: ``state_shape``).
+        name: shown in results and messages.
+        data_shape: deprecated name of ``state_shape`` (works until fiberscope 0.2, with a warning).
     """
 
     def __init__(
@@ -189,7 +255,7 @@ class CallablePrior(Prior):
         schedule: Schedule,
         parameterization: str = "eps",
         *,
-        data_shape: tuple[int, ...],
+        state_shape: tuple[int, ...] | None = None,
         data_range: tuple[float, float] | None = (-1.0, 1.0),
         decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
         encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -197,16 +263,29 @@ class CallablePrior(Prior):
         learned_variance: bool = False,
         image_shape: tuple[int, ...] | None = None,
         name: str = "callable",
+        data_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
         _check_param(parameterization, schedule)
+        if data_shape is not None:
+            if state_shape is not None:
+                raise TypeError("CallablePrior: give state_shape only (data_shape is its deprecated name)")
+            warnings.warn(
+                "CallablePrior(data_shape=...) is deprecated: pass state_shape=... (the shape of one state) "
+                f"(data_shape is removed in fiberscope {REMOVED_IN})",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            state_shape = data_shape
+        if state_shape is None:
+            raise TypeError("CallablePrior needs state_shape=(...), the shape of one state, e.g. (3, 32, 32)")
         if isinstance(net, nn.Module):
             self.net = net
         else:
             self._fn = _Fn(net)
         self.schedule = schedule
         self.parameterization = parameterization
-        self.data_shape = tuple(data_shape)
+        self.state_shape = tuple(state_shape)
         self.data_range = data_range
         self.is_latent = decode is not None
         self._decode, self._encode = decode, encode
@@ -214,7 +293,7 @@ class CallablePrior(Prior):
             clip_range = None if self.is_latent else data_range
         self.clip_range = clip_range
         self.learned_variance = learned_variance
-        self.image_shape = tuple(image_shape) if image_shape is not None else None
+        self.image_shape = image_shape
         self.name = name
 
     def network(self, x_t: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:

@@ -133,7 +133,7 @@ class DiffusersPrior(Prior):
             scheduler_config.get("variance_type") in ("learned", "learned_range") and out_ch == 2 * in_ch
         )
         if size is not None:
-            self.data_shape = (in_ch, *_image_side(size, name))
+            self.state_shape = (in_ch, *_image_side(size, name))
         self.data_range = data_range
         self.clip_range = data_range
         self.scheduler_config = dict(scheduler_config)
@@ -472,7 +472,7 @@ def load_diffusers_prior(
 
     Example:
         >>> prior = load_diffusers_prior("ldm-celebahq-256/")                  # doctest: +SKIP
-        >>> prior.data_shape, prior.image_shape                               # doctest: +SKIP
+        >>> prior.state_shape, prior.image_shape                              # doctest: +SKIP
         ((3, 64, 64), (3, 256, 256))
     """
     root = Path(path)

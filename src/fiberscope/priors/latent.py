@@ -69,7 +69,7 @@ class LatentPrior(Prior):
         _check_param(parameterization, schedule)
         self.schedule = schedule
         self.parameterization = parameterization
-        self.data_shape = tuple(latent_shape)
+        self.state_shape = tuple(latent_shape)
         self.image_shape = tuple(image_shape)
         self.data_range = data_range
         self.clip_range = clip_range
