@@ -568,7 +568,7 @@ def test_options_in_the_prior_spec(tiny):
 
 
 def test_audit_model_cache_passes_gradient_checkpointing():
-    from fiberscope.audit.runner import ModelCache, RunOptions
+    from fiberscope.audit.unit import ModelCache, RunOptions
 
     seen = []
 

@@ -11,8 +11,9 @@ Example:
 
 from .._deprecated import moved
 from .manifest import Manifest, ManifestError, ManifestLineError, WorkUnit, parse_manifest, read_manifest
-from .runner import AuditRun, ModelCache, RunOptions, UnitResult, run_audit, run_unit, write_summary
+from .runner import AuditRun, run_audit, write_summary
 from .sharding import ShardInfo, resolve_shard, shard_units, split_units
+from .unit import ModelCache, RunOptions, UnitResult, run_unit
 
 __all__ = [
     "AuditRun",

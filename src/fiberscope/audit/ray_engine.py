@@ -1,7 +1,7 @@
 """``--engine ray``: units mapped onto Ray actors that each hold their loaded models.
 
-Optional (``pip install "fiberscope[ray]"``). Each actor owns a :class:`~fiberscope.audit.runner.ModelCache`
-and runs :func:`~fiberscope.audit.runner.run_unit`, exactly what the local engine runs, so results
+Optional (``pip install "fiberscope[ray]"``). Each actor owns a :class:`~fiberscope.audit.unit.ModelCache`
+and runs :func:`~fiberscope.audit.unit.run_unit`, exactly what the local engine runs, so results
 are identical whichever engine ran them (per-unit seeds, CPU noise). Actors write their results
 straight into the output directory: on a multi-node cluster it must be a shared file system.
 Ray supplies the scheduling (an ``ActorPool`` over ``workers`` actors, one CPU or GPU each); there
@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import OutputWriteError
 from .manifest import WorkUnit
-from .runner import ModelCache, RunOptions, UnitResult, run_unit
+from .unit import ModelCache, RunOptions, UnitResult, run_unit
 
 __all__ = ["AuditWorker", "run_units_ray"]
 

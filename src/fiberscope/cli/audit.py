@@ -127,8 +127,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable(out)
     if args.dry_run:
-        from ..audit.runner import unit_status
         from ..audit.sharding import shard_units
+        from ..audit.unit import unit_status
 
         for u in shard_units(man.units, shard):
             check = unit_status(out, u, digests=bool(args.verify))
