@@ -333,9 +333,9 @@ def cases(p: dict[str, Any]) -> list[tuple[str, list[str]]]:
         ("report-a-file", ["report", q]),
         ("data-unknown", ["data", "fetch", "nope"]),
         ("demo-device-cuda", ["demo", "--device", "cuda", "--quick", "--out", str(out / "demo")]),
-        ("baselines-sample-unknown", ["baselines", "sample", "nope", "--query", q, "--out", str(out / "bl")]),
-        ("baselines-show-unknown", ["baselines", "show", "nope"]),
-        ("baselines-train-unknown", ["baselines", "train", "nope"]),
+        ("trained-sample-unknown", ["trained", "sample", "nope", "--query", q, "--out", str(out / "bl")]),
+        ("trained-show-unknown", ["trained", "show", "nope"]),
+        ("trained-train-unknown", ["trained", "train", "nope"]),
         ("bench-priors-unknown", ["bench", "--priors", "builtin:nope", "--out", str(out / "bench"), "--dry-run"]),
     ]
     return c
@@ -394,7 +394,7 @@ def main() -> int:
         root = Path(d)
         os.environ["FIBERSCOPE_ZOO_DIR"] = str(root / "assets" / "zoo")
         os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["FIBERSCOPE_BASELINES_DIR"] = str(root / "baselines")
+        os.environ["FIBERSCOPE_TRAINED_DIR"] = str(root / "trained")
         p = build(root)
         results: dict[str, Any] = {}
         for name, argv in cases(p):

@@ -1,4 +1,4 @@
-"""Colour-MNIST trade-off of the trained baselines against NDTM, from a finished bench run.
+"""Colour-MNIST trade-off of the trained models against NDTM, from a finished bench run.
 
 Reads ``results.json`` of ``fiberscope bench --config benchmarks/bench_trained.yaml --out DIR`` and
 plots, for the colour-MNIST pair, the RMS fiber loss of every method against (left) the colour KL of
@@ -27,7 +27,7 @@ PAIR = "colormnist-latent__colorblind-mnist"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bench_dir", type=Path, help="output directory of the trained-baselines bench")
+    ap.add_argument("bench_dir", type=Path, help="output directory of the trained-models bench (bench_trained.yaml)")
     ap.add_argument("--plot", type=Path, default=Path("docs/trained_tradeoff.png"))
     ap.add_argument("--grids", type=Path, default=Path("docs/images/trained_colour_grids.png"))
     ap.add_argument("--grid-methods", default="ndtm,cfm-l0,cfm-l10,cflow-l10")

@@ -110,7 +110,7 @@ def test_bench_samples_equal_sample_fiber(toy, tmp_path):
     """A unit's samples are sample_fiber's for the recorded run seed: at the unit's batch shape bit for bit, at
     another batch shape up to floating-point rounding."""
     cfg, objects, data = toy
-    cfg = {**cfg, "queries": 2, "seeds": [0], "baselines": [], "methods": {"dps": cfg["methods"]["dps"]}}
+    cfg = {**cfg, "queries": 2, "seeds": [0], "references": [], "methods": {"dps": cfg["methods"]["dps"]}}
     run_bench(cfg, tmp_path, objects=objects, data=data, progress=False)
     rec = json.loads((tmp_path / "units" / "toy-prior__toy-cnn@head" / "dps__seed0.json").read_text())
     with np.load(tmp_path / "units" / "toy-prior__toy-cnn@head" / "dps__seed0.npz") as z:
@@ -137,7 +137,7 @@ def test_a_bench_unit_is_sample_fiber_bit_for_bit_on_the_zoo(tmp_path):
     spec = {"name": "builtin-mnist", "steps": 25}
     cfg = {
         "methods": {"ndtm": spec}, "priors": ["builtin:mnist-ddpm"], "subjects": ["builtin:mnist-cnn@penultimate"],
-        "queries": 3, "n": 2, "seeds": [0], "batch_size": 4, "baselines": [], "bank": 40, "real": 20,
+        "queries": 3, "n": 2, "seeds": [0], "batch_size": 4, "references": [], "bank": 40, "real": 20,
     }  # fmt: skip
     run_bench(cfg, tmp_path, progress=False)
     unit = tmp_path / "units" / "mnist-ddpm__mnist-cnn@penultimate" / "ndtm__seed0"
@@ -170,6 +170,38 @@ def test_unit_hashes_do_not_change_so_a_finished_bench_resumes(toy, tmp_path):
     assert json.loads((tmp_path / "pairs" / "toy-prior__toy-cnn@head.json").read_text())["hash"] == "74b68f5edd46d5b3"
 
 
+#: The cache keys of a bench with a trained model's head as subject, as fiberscope computed them before trained models
+#: were renamed from "baseline" (issue 22): ``baseline:toy-cnn@head``, references ``[nn]``.
+TRAINED_SUBJECT_HASHES = {"dps__seed0": "3a32c4cf6579b4c6", "nn__seed0": "3c691bcdac50077c", "pair": "80a486aa83055fac"}
+
+
+def test_a_bench_finished_before_the_rename_resumes_under_either_spelling(toy, tmp_path, recwarn):
+    """``baseline:NAME`` → ``trained:NAME`` and ``baselines:`` → ``references:`` change no unit's key or hash: a bench
+    finished with the old spelling resumes, with the old or the new spelling, without recomputing anything."""
+    cfg, objects, data = toy
+    objects = {**objects, "trained:toy-cnn": objects["toy-cnn"]}
+    old = {**cfg, "methods": {"dps": cfg["methods"]["dps"]}, "seeds": [0], "subjects": ["baseline:toy-cnn@head"],
+           "datasets": {"toy-prior": "toy", "baseline:toy-cnn": "toy"}, "baselines": ["nn"]}  # fmt: skip
+    lines: list[str] = []
+    with pytest.warns(DeprecationWarning, match="spelled trained:toy-cnn now"):
+        run_bench(old, tmp_path, objects=objects, data=data, log=lines.append)
+    key = "toy-prior__baseline-toy-cnn@head"  # keys and hashes keep the spelling they were first computed with
+    got = {p.stem: json.loads(p.read_text())["hash"] for p in sorted((tmp_path / "units" / key).glob("*.json"))}
+    got["pair"] = json.loads((tmp_path / "pairs" / f"{key}.json").read_text())["hash"]
+    assert got == TRAINED_SUBJECT_HASHES
+    new = {**old, "subjects": ["trained:toy-cnn@head"], "datasets": {"toy-prior": "toy", "trained:toy-cnn": "toy"}}
+    new["references"] = new.pop("baselines")
+    for again in (old, new):
+        lines.clear()
+        res = run_bench(again, tmp_path, objects=objects, data=data, log=lines.append)
+        assert [ln for ln in lines if ln.startswith("[bench]")] and all(
+            "cached" in ln for ln in lines if ln.startswith("[bench]")
+        )
+        assert {r["pair"]["subject"] for r in res["rows"]} == {"trained:toy-cnn"}  # results spell it the new way
+    md = (tmp_path / "bench.md").read_text()
+    assert "toy-prior × trained:toy-cnn@head" in md and "baseline:" not in md
+
+
 def test_config_validation_and_pairs():
     base = {"methods": {"ndtm": "ndtm"}, "priors": ["builtin:mnist-ddpm", "builtin:colormnist-latent"]}
     cfg = BenchConfig.from_dict({**base, "subjects": ["builtin:mnist-cnn@logits", "builtin:colorblind-mnist"]})
@@ -181,7 +213,7 @@ def test_config_validation_and_pairs():
         ({"n": 0}, "n must be"),
         ({"seeds": []}, "seeds"),
         ({"metric": "l3"}, "metric"),
-        ({"baselines": ["knn"]}, "baselines"),
+        ({"references": ["knn"]}, "references"),
         ({"methods": {"nn": "ndtm"}}, "reserved"),
         ({"queries": -1}, "queries"),
         ({"colour": True}, "unknown bench setting"),
@@ -212,6 +244,34 @@ def test_cli_reads_the_config_and_filters_methods(tmp_path, capsys):
     assert rc == 0 and [ln.split()[1] for ln in lines] == ["dps", "nn"] and "seed 3" in lines[0]
     rc = main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "o"), "--n", "0"])
     assert rc == 2 and "n must be" in capsys.readouterr().err
+
+
+def test_the_old_name_of_references_works_on_the_command_line_and_says_so_once(tmp_path, capsys):
+    from fiberscope.cli import main
+
+    (tmp_path / "b.yaml").write_text(
+        "methods:\n  dps: {name: dps, scale: 0.5}\npriors: [builtin:mnist-ddpm]\n"
+        "subjects: [builtin:mnist-cnn@logits]\nseeds: [0]\nbaselines: [nn]\n"
+    )
+    rc = main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "o"), "--dry-run"])
+    cap = capsys.readouterr()
+    assert rc == 0 and [ln.split()[1] for ln in cap.out.strip().splitlines()] == ["dps", "nn"]
+    assert cap.err.count("deprecated") == 1 and "'baselines'" in cap.err and "'references'" in cap.err
+    rc = main(["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "o"), "--dry-run",
+               "--references", "augment"])  # fmt: skip
+    assert rc == 0 and [ln.split()[1] for ln in capsys.readouterr().out.strip().splitlines()] == ["dps", "augment"]
+
+
+def test_the_shipped_bench_files_read_without_a_deprecation(recwarn):
+    """Every bench file in benchmarks/ but bench_default.yaml (rerun by the lead with the old key) uses new names."""
+    from pathlib import Path
+
+    for f in sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("bench_*.yaml")):
+        cfg = BenchConfig.from_file(f)
+        assert cfg.resolved_pairs(), f.name
+        if f.name != "bench_default.yaml":
+            assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)], f.name
+        recwarn.clear()
 
 
 def test_trained_tradeoff_script_plots_a_bench_and_names_a_missing_one(tmp_path, capsys):

@@ -3,9 +3,9 @@
 What is checked here: the layer contract in pyproject.toml holds (``lint-imports``) and covers every
 module; no module-level import cycle; nothing below the CLI imports it; old import paths still work for
 one release, with a DeprecationWarning, and give the very same object; the public names of
-``fiberscope`` stay where they are, without a warning; ``baseline:`` subjects load in a fresh
-interpreter with nothing registered by import; the CLI's command groups are explicit and a broken
-third-party command group is named on stderr while the other commands work.
+``fiberscope`` stay where they are, without a warning; ``trained:`` subjects (and their old spelling
+``baseline:``) load in a fresh interpreter with nothing registered by import; the CLI's command groups
+are explicit and a broken third-party command group is named on stderr while the other commands work.
 """
 
 from __future__ import annotations
@@ -35,6 +35,18 @@ PACKAGE = SRC / "fiberscope"
 UNLAYERED = {
     "fiberscope",
     "fiberscope.baselines",
+    "fiberscope.baselines.cfm",
+    "fiberscope.baselines.common",
+    "fiberscope.baselines.conditional_training",
+    "fiberscope.baselines.featinv",
+    "fiberscope.baselines.featinv_training",
+    "fiberscope.baselines.flows",
+    "fiberscope.baselines.model",
+    "fiberscope.baselines.recipes",
+    "fiberscope.baselines.svae",
+    "fiberscope.baselines.svae_training",
+    "fiberscope.baselines.training_common",
+    "fiberscope.trained",
     "fiberscope.priors",
     "fiberscope.priors.loading",
     "fiberscope.report",
@@ -54,10 +66,21 @@ ALIAS_MODULES = (
     "fiberscope.audit.sharding",
     "fiberscope.audit.store",
     "fiberscope.baselines",
+    "fiberscope.baselines.cfm",
     "fiberscope.baselines.common",
+    "fiberscope.baselines.conditional_training",
+    "fiberscope.baselines.featinv",
+    "fiberscope.baselines.featinv_training",
+    "fiberscope.baselines.flows",
+    "fiberscope.baselines.model",
     "fiberscope.baselines.recipes",
+    "fiberscope.baselines.svae",
+    "fiberscope.baselines.svae_training",
+    "fiberscope.baselines.training_common",
     "fiberscope.bench",
+    "fiberscope.bench.config",
     "fiberscope.cli",
+    "fiberscope.errors",
     "fiberscope.guidance.registry",
     "fiberscope.priors",
     "fiberscope.priors.adm",
@@ -217,7 +240,12 @@ def test_old_import_paths_warn_and_give_the_same_object() -> None:
         "fiberscope.audit.runner.OutputWriteError": "fiberscope.errors:OutputWriteError",
         "fiberscope.subjects.load_subject": "fiberscope.loading:load_subject",
         "fiberscope.zoo.registry.load_builtin_prior": "fiberscope.loading:load_builtin_prior",
-        "fiberscope.baselines.common.BaselineNotTrainedError": "fiberscope.errors:BaselineNotTrainedError",
+        "fiberscope.baselines.common.BaselineNotTrainedError": "fiberscope.errors:NotTrainedError",
+        "fiberscope.errors.BaselineNotTrainedError": "fiberscope.errors:NotTrainedError",
+        "fiberscope.baselines.TrainedBaseline": "fiberscope.trained:TrainedMethod",
+        "fiberscope.baselines.model.load_baseline": "fiberscope.trained.model:load_trained",
+        "fiberscope.baselines.recipes.build_pairs": "fiberscope.trained.conditional_training:build_pairs",
+        "fiberscope.bench.BASELINES": "fiberscope.bench.config:REFERENCES",
     }
     assert expected.items() <= ALIASES.items()
     for old, new in ALIASES.items():
@@ -271,10 +299,11 @@ def test_every_exception_raised_on_purpose_is_defined_in_the_error_module() -> N
 # one spec loader
 
 
-def test_a_baseline_subject_loads_in_a_fresh_interpreter(tmp_path: Path) -> None:
-    """``baseline:`` is known without importing fiberscope.baselines first (nothing registers by import)."""
-    from fiberscope.baselines import recipes as R
+def test_a_trained_subject_loads_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    """``trained:`` is known without importing fiberscope.trained first (nothing registers by import); its old
+    spelling ``baseline:`` still loads, with a DeprecationWarning naming the new one."""
     from fiberscope.models import SmallCNN
+    from fiberscope.trained import recipes as R
     from fiberscope.training import TrainConfig
 
     torch.manual_seed(0)
@@ -297,17 +326,20 @@ def test_a_baseline_subject_loads_in_a_fresh_interpreter(tmp_path: Path) -> None
         """
         import sys, torch
         import fiberscope as fs
-        assert "fiberscope.baselines" not in sys.modules, "imported by `import fiberscope`"
-        head = fs.load_subject("baseline:svae-mnist")
+        assert "fiberscope.trained" not in sys.modules, "imported by `import fiberscope`"
+        head = fs.load_subject("trained:svae-mnist")
         print(head.name, tuple(head(torch.zeros(2, 1, 28, 28), (-1, 1)).shape))
         """
     )
-    env = {**_env(), "FIBERSCOPE_BASELINES_DIR": str(tmp_path)}
+    env = {**_env(), "FIBERSCOPE_TRAINED_DIR": str(tmp_path)}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split() == ["baseline:svae-mnist", "(2,", "10)"]
-    with pytest.raises(ValueError, match=r"'baseline:', 'builtin:'"):  # the prefixes are one table
+    assert r.stdout.split() == ["trained:svae-mnist", "(2,", "10)"]
+    with pytest.raises(ValueError, match=r"'timm:', 'torchvision:', 'trained:'"):  # the prefixes are one table
         fs.load_subject("nope:x")
+    with pytest.warns(DeprecationWarning, match=r"'baseline:svae-mnist' is spelled trained:svae-mnist now"):
+        old = fs.load_subject("baseline:svae-mnist", root=str(tmp_path))
+    assert old.name == "trained:svae-mnist"
 
 
 def test_the_zoo_is_a_table_and_a_builtin_prior_carries_its_preset() -> None:
@@ -335,7 +367,7 @@ def test_the_cli_has_the_same_commands_in_the_same_order() -> None:
     subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert list(subs.choices) == [
         "sample", "demo", "zoo", "layers", "report", "presets", "data", "audit", "manifest", "neighbours", "bench",
-        "baselines", "compare",
+        "trained", "baselines", "compare",
     ]  # fmt: skip
 
 

@@ -115,7 +115,7 @@ def test_one_registry_for_names_presets_per_prior_settings_and_trained_models(tm
         ({"name": "mpgd", "scale": -1}, r"scale"),
         ({"name": "unguided", "inner_steps": 3}, r"method 'unguided': unknown setting\(s\) \['inner_steps'\]"),
         ({"name": "dps", "per_prior": ["x"]}, r"method 'dps': per_prior must map prior specs to settings"),
-        ({"name": "trained"}, r"method 'trained': model must name a trained baseline"),
+        ({"name": "trained"}, r"method 'trained': model must name a trained model"),
     ],
 )
 def test_the_registry_refuses_with_one_message_wherever_the_spec_comes_from(spec, match):

@@ -1,8 +1,8 @@
-"""fiberscope.training: one loop and one checkpoint format for the zoo and the trained baselines.
+"""fiberscope.training: one loop and one checkpoint format for the zoo and the trained models.
 
 What is checked here: a resumed run follows the uninterrupted one exactly, a bad configuration fails
-before training, the dependencies point one way (the zoo and the baselines use ``training`` and
-``models``, never the reverse, and the baselines no longer train through the zoo), and the old
+before training, the dependencies point one way (the zoo and the trained models use ``training`` and
+``models``, never the reverse, and the trained models no longer train through the zoo), and the old
 import paths (``fiberscope.zoo.training``, ``fiberscope.zoo.models``) still work with a warning.
 """
 
@@ -86,17 +86,17 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-def test_dependencies_point_from_the_zoo_and_the_baselines_to_training_and_models():
+def test_dependencies_point_from_the_zoo_and_the_trained_models_to_training_and_models():
     for pkg in ("training", "models"):
         for f in (PACKAGE / pkg).glob("*.py"):
-            bad = {m for m in _imports(f) if m.startswith(("fiberscope.zoo", "fiberscope.baselines"))}
+            bad = {m for m in _imports(f) if m.startswith(("fiberscope.zoo", "fiberscope.trained"))}
             assert not bad, f"{f.name} imports {bad}"
-    for f in (PACKAGE / "baselines").glob("*.py"):
+    for f in (PACKAGE / "trained").glob("*.py"):
         bad = {m for m in _imports(f) if m.startswith(("fiberscope.zoo.training", "fiberscope.zoo.recipes"))}
         bad |= {m for m in _imports(f) if m.startswith(("fiberscope.zoo.models", "fiberscope.zoo.trainers"))}
-        assert not bad, f"baselines/{f.name} trains through the zoo: {bad}"
+        assert not bad, f"trained/{f.name} trains through the zoo: {bad}"
     for f in (PACKAGE / "zoo").glob("*.py"):
-        assert not {m for m in _imports(f) if m.startswith("fiberscope.baselines")}, f"zoo/{f.name}"
+        assert not {m for m in _imports(f) if m.startswith("fiberscope.trained")}, f"zoo/{f.name}"
 
 
 @pytest.mark.parametrize(
@@ -130,10 +130,12 @@ def test_from_import_of_an_old_path_warns_and_works():
     assert Old is TrainConfig and OldCNN is models.SmallCNN
 
 
-def test_moved_baseline_helpers_warn_and_the_recipe_api_does_not():
+def test_moved_recipe_helpers_warn_and_the_recipe_api_does_not():
     import warnings
 
-    from fiberscope.baselines import conditional_training, featinv_training, recipes, svae_training
+    from fiberscope.trained import conditional_training, featinv_training, recipes, svae_training
+
+    old_recipes = importlib.import_module("fiberscope.baselines.recipes")
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -147,5 +149,5 @@ def test_moved_baseline_helpers_warn_and_the_recipe_api_does_not():
         ("evaluate_svae", svae_training),
     ]:
         with pytest.warns(DeprecationWarning, match=f"{home.__name__}.{name}"):
-            assert getattr(recipes, name) is getattr(home, name)
+            assert getattr(old_recipes, name) is getattr(home, name)
     assert UNET_28 is models.UNET_28

@@ -76,9 +76,9 @@ def test_every_error_class_has_its_exit_code_and_old_import_paths_still_work() -
     # the classes keep the builtin bases callers catch
     assert isinstance(QueryError("x"), ValueError) and isinstance(GuidanceError("x"), FloatingPointError)
     assert isinstance(OutputWriteError(28, "x"), OSError) and isinstance(SubjectGradientError("x"), ValueError)
-    from fiberscope.errors import BaselineNotTrainedError
+    from fiberscope.errors import NotTrainedError
 
-    assert isinstance(BaselineNotTrainedError("x"), FileNotFoundError) and exit_code_for(BaselineNotTrainedError()) == 7
+    assert isinstance(NotTrainedError("x"), FileNotFoundError) and exit_code_for(NotTrainedError()) == 7
 
 
 def test_foreign_errors_we_can_name_are_not_internal() -> None:

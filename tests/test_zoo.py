@@ -243,7 +243,7 @@ def test_a_continue_stage_starts_from_stage_one_and_can_be_carried_to_another_ma
 
     from safetensors.torch import load_file
 
-    from fiberscope.baselines.common import file_digest
+    from fiberscope.trained.common import file_digest
     from fiberscope.zoo import recipes, trainers
 
     x = torch.rand(32, 1, 28, 28) * 2 - 1

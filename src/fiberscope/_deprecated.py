@@ -19,11 +19,12 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["REMOVED_IN", "moved"]
+__all__ = ["REMOVED_IN", "moved", "warn_deprecated"]
 
 #: The release that removes every alias served by :func:`moved`.
 REMOVED_IN = "0.2"
@@ -57,3 +58,16 @@ def moved(module: str, names: Mapping[str, str]) -> Callable[[str], Any]:
         return getattr(importlib.import_module(home), attr)
 
     return __getattr__
+
+
+def warn_deprecated(message: str) -> None:
+    """A ``DeprecationWarning`` attributed to the first caller outside fiberscope.
+
+    For an old spelling met deep inside the library (a spec string, a settings key, an environment
+    variable): the warning names the user's line, so Python's default filters show it to a script
+    and it is shown once per place it comes from.
+    """
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "fiberscope":
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    warnings.warn(message, DeprecationWarning, stacklevel=level)

@@ -40,9 +40,10 @@ import errno
 import re
 from typing import Any
 
+from ._deprecated import moved
+
 __all__ = [
     "EXIT",
-    "BaselineNotTrainedError",
     "CLIError",
     "CheckpointError",
     "FiberscopeError",
@@ -51,6 +52,7 @@ __all__ = [
     "InternalError",
     "ManifestError",
     "ModelNotAvailableError",
+    "NotTrainedError",
     "NumericalError",
     "OutputError",
     "OutputWriteError",
@@ -146,8 +148,8 @@ class ModelNotAvailableError(FiberscopeError, ValueError):
     exit_code = EXIT["model"]
 
 
-class BaselineNotTrainedError(ModelNotAvailableError, FileNotFoundError):
-    """A trained baseline (or a model it was trained on) has no weights yet."""
+class NotTrainedError(ModelNotAvailableError, FileNotFoundError):
+    """A trained invariance model (:mod:`fiberscope.trained`, or a model it was trained on) has no weights yet."""
 
 
 class WeightsError(FiberscopeError, ValueError):
@@ -295,3 +297,7 @@ def printable(text: Any) -> str:
     """
     s = str(text)
     return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
+
+
+# renamed in issue 22: "baseline" means only the training-free guidance methods
+__getattr__ = moved(__name__, {"BaselineNotTrainedError": "fiberscope.errors:NotTrainedError"})

@@ -5,8 +5,10 @@ pipeline directory (``local-dir:`` prefix optional), a Hugging Face id already i
 OpenAI guided-diffusion (ADM) checkpoint file, or a :class:`~fiberscope.priors.base.Prior`.
 
 Subjects (:data:`SUBJECT_PREFIXES`): ``builtin:NAME``, ``torchvision:NAME``, ``timm:NAME``,
-``open_clip:NAME``, ``hf:ID`` (transformers, VLM vision towers), ``baseline:NAME`` (a trained
-baseline's own classifier), or any ``nn.Module`` / callable.
+``open_clip:NAME``, ``hf:ID`` (transformers, VLM vision towers), ``trained:NAME`` (a trained
+invariance model's own classifier, :mod:`fiberscope.trained`), or any ``nn.Module`` / callable.
+``baseline:NAME``, the old spelling of ``trained:NAME``, is read until fiberscope 0.2 with a
+``DeprecationWarning`` (:func:`current_spec`).
 
 The adapters are imported when a spec needs them (their libraries are optional), and the table of
 prefixes is complete here: nothing registers itself by being imported. Loading is offline and
@@ -17,7 +19,7 @@ Example:
     >>> prior = fs.load_prior("builtin:mnist-ddpm")                    # doctest: +SKIP
     >>> prior.preset                                                    # doctest: +SKIP
     'builtin-mnist'
-    >>> phi = fs.load_subject("baseline:svae-mnist")                   # doctest: +SKIP
+    >>> phi = fs.load_subject("trained:svae-mnist")                    # doctest: +SKIP
     >>> phi = fs.load_subject("timm:resnet18.a1_in1k", layer="pre_logits")   # doctest: +SKIP
 """
 
@@ -34,6 +36,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ._deprecated import REMOVED_IN, warn_deprecated
 from .errors import CheckpointError, ModelNotAvailableError, ParameterError
 from .hub import resolve_hub_dir
 from .priors.base import Prior
@@ -45,7 +48,10 @@ from .zoo.registry import ZOO, ZooEntry, weights_dir
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "RENAMED_PREFIXES",
     "SUBJECT_PREFIXES",
+    "cache_spelling",
+    "current_spec",
     "load_builtin_prior",
     "load_builtin_subject",
     "load_named_subject",
@@ -435,13 +441,13 @@ def _hf(name: str, layer: LayerSpec, input_range: tuple[float, float] | None, **
     return load_hf_subject(name, layer, **options)
 
 
-def _baseline(name: str, layer: LayerSpec, input_range: tuple[float, float] | None, **options: Any) -> Subject:
-    from .baselines.model import load_baseline_subject
+def _trained(name: str, layer: LayerSpec, input_range: tuple[float, float] | None, **options: Any) -> Subject:
+    from .trained.model import load_trained_subject
 
     root = options.pop("root", None)
     if options:
-        raise TypeError(f"baseline:{name} takes only root= (got {sorted(options)})")
-    return load_baseline_subject(name, layer, root=root)
+        raise TypeError(f"trained:{name} takes only root= (got {sorted(options)})")
+    return load_trained_subject(name, layer, root=root)
 
 
 #: Every subject spec prefix and its adapter. The table is the registry: nothing is added to it by importing.
@@ -451,8 +457,47 @@ SUBJECT_PREFIXES: dict[str, Callable[..., Subject]] = {
     "timm": _timm,
     "open_clip": _open_clip,
     "hf": _hf,
-    "baseline": _baseline,
+    "trained": _trained,
 }
+
+#: Prefixes renamed in issue 22, read until fiberscope 0.2 with a warning: ``baseline:NAME`` is ``trained:NAME``
+#: ("baseline" names only the training-free guidance methods now).
+RENAMED_PREFIXES = {"baseline": "trained"}
+
+
+def current_spec(spec: str, *, warn: bool = True) -> str:
+    """``spec`` in today's spelling: ``baseline:NAME`` → ``trained:NAME`` (with a ``DeprecationWarning``).
+
+    Example:
+        >>> current_spec("baseline:svae-mnist", warn=False), current_spec("builtin:mnist-cnn@logits")
+        ('trained:svae-mnist', 'builtin:mnist-cnn@logits')
+    """
+    prefix, sep, rest = spec.partition(":")
+    new = RENAMED_PREFIXES.get(prefix) if sep else None
+    if new is None:
+        return spec
+    if warn:
+        warn_deprecated(
+            f"the spec {spec!r} is spelled {new}:{rest} now "
+            f"(the prefix {prefix}: is removed in fiberscope {REMOVED_IN})"
+        )
+    return f"{new}:{rest}"
+
+
+def cache_spelling(spec: str) -> str:
+    """``spec`` as hashes and cache keys spell it: ``trained:NAME`` as ``baseline:NAME``.
+
+    That was its spelling when those keys were first computed, so finished bench units
+    (:mod:`fiberscope.bench`) and training checkpoints (:func:`fiberscope.trained.recipes.recipe_hash`)
+    keep their keys across the rename, whichever spelling a settings file uses.
+
+    Example:
+        >>> cache_spelling("trained:svae-mnist"), cache_spelling("builtin:mnist-ddpm")
+        ('baseline:svae-mnist', 'builtin:mnist-ddpm')
+    """
+    prefix, sep, rest = current_spec(spec, warn=False).partition(":")
+    old = next((o for o, n in RENAMED_PREFIXES.items() if n == prefix), None) if sep else None
+    return f"{old}:{rest}" if old is not None else spec
 
 
 def load_named_subject(
@@ -474,7 +519,7 @@ def load_named_subject(
         options: adapter options: ``weights=`` (torchvision), ``pretrained=`` (timm, open_clip),
             ``trust_pickle=``, ``model_kwargs=`` ...
     """
-    prefix, sep, rest = spec.partition(":")
+    prefix, sep, rest = current_spec(spec).partition(":")
     if not sep or prefix not in SUBJECT_PREFIXES:
         raise ValueError(
             f"unknown subject {spec!r}: expected one of {sorted(p + ':' for p in SUBJECT_PREFIXES)} followed by a "

@@ -4,7 +4,7 @@ The one place that turns ``--method dps --steps 50``, a manifest's ``"method": {
 "steps": 20}`` or a bench file's ``methods:`` entry into a
 :class:`~fiberscope.guidance.GuidanceMethod`: the methods of :mod:`fiberscope.guidance`
 (:data:`~fiberscope.guidance.METHODS`), NDTM's presets (:data:`~fiberscope.guidance.PRESETS`) and the
-trained invariance models (``{"name": "trained", "model": "cfm-l10"}``, :mod:`fiberscope.baselines`).
+trained invariance models (``{"name": "trained", "model": "cfm-l10"}``, :mod:`fiberscope.trained`).
 It sits above the trained models in the layers, which :mod:`fiberscope.guidance` may not import.
 Every setting is checked by the method's own validation (:mod:`fiberscope.validation`), and a
 setting the method does not have is refused, for every method, with the list of the valid ones.
@@ -77,7 +77,7 @@ def method_from_spec(spec: Any, overrides: Mapping[str, Any] | None = None, prio
     """A guidance method from a name or ``{"name": ..., **settings}``, with ``overrides`` applied.
 
     Args:
-        spec: ``"ndtm"``, ``"unguided"``, a baseline (``"dps"``, ``"tfg"``, ...), an NDTM preset name,
+        spec: ``"ndtm"``, ``"unguided"``, a training-free baseline (``"dps"``, ``"tfg"``, ...), an NDTM preset name,
             ``{"name": ..., **settings}`` (with ``per_prior`` and ``pairs``, see the module),
             ``{"name": "trained", "model": NAME}``, a :class:`GuidanceMethod` (returned as is), or
             None (``NDTM()`` with the settings not in ``overrides`` left open, which
@@ -101,7 +101,8 @@ def method_from_spec(spec: Any, overrides: Mapping[str, Any] | None = None, prio
         name = spec.pop("name", None)
         if not isinstance(name, str) or not name.strip():
             raise ParameterError(
-                f"method object {spec} needs a 'name' (ndtm, unguided, a baseline or a preset)"[:300], "method"
+                f"method object {spec} needs a 'name' (ndtm, unguided, a training-free baseline or a preset)"[:300],
+                "method",
             )
         name, settings = _settings_for_prior(name, spec, prior_name)
         overrides = {**settings, **overrides}
@@ -117,9 +118,9 @@ def method_from_spec(spec: Any, overrides: Mapping[str, Any] | None = None, prio
     elif name in METHODS:
         cls = METHODS[name]
     elif name == TRAINED:
-        from .baselines.model import TrainedBaseline  # the trained models' code, loaded when one is asked for
+        from .trained.model import TrainedMethod  # the trained models' code, loaded when one is asked for
 
-        cls = TrainedBaseline
+        cls = TrainedMethod
     else:
         raise ParameterError(
             f"unknown method {spec!r}: use one of {', '.join(METHODS)}, {TRAINED} (a trained model) or an NDTM "

@@ -219,7 +219,7 @@ PARAMS: dict[str, Param] = {
     "seed": Int(0, MAX_SEED, "the run seed"),
     "batch_size": Int(1, MAX_BATCH_SIZE, "samples per batch", optional=True),
     "channels_last": BOOL,
-    # running (audit, bench, zoo, baselines)
+    # running (audit, bench, zoo, trained)
     "threads": Int(1, MAX_THREADS, "torch CPU threads", optional=True),
     "cache_size": Int(1, 1000, "loaded models kept per process"),
     "workers": Int(1, 4096, "Ray actors"),
@@ -254,7 +254,7 @@ PARAMS: dict[str, Param] = {
 #: Flags whose meaning differs by command: ``(command, dest) -> Param``.
 COMMAND_PARAMS: dict[tuple[str, str], Param] = {
     ("zoo train", "steps"): Int(1, MAX_TRAIN_STEPS, "training steps"),
-    ("baselines train", "steps"): Int(1, MAX_TRAIN_STEPS, "training steps"),
+    ("trained train", "steps"): Int(1, MAX_TRAIN_STEPS, "training steps"),
     ("zoo evaluate", "n"): Int(1, MAX_N, "samples to evaluate"),
     ("bench", "queries"): Int(1, MAX_N, "queries per pair"),
     ("bench", "query_seed"): Int(0, MAX_SEED, "seed of the query set"),

@@ -270,7 +270,7 @@ def compare_subjects(
             the prior's data range.
         n: fiber samples per (subject, query).
         method: the guidance method (default: the zoo's preset for a builtin prior, else ``NDTM()``).
-        bank: real images ``[N, C, H, W]`` for the nearest-neighbour baseline (default: the test
+        bank: real images ``[N, C, H, W]`` for the nearest-neighbour reference (default: the test
             split of a builtin prior's data set; else the other queries).
         seed: run seed of every fiber.
         metric: the fiber-loss form of the ratios.
@@ -319,7 +319,7 @@ def compare_subjects(
             bank = q_all.cpu()
             bank_note = f"the other {len(q_all) - 1} queries (no bank given)"
         else:
-            raise ValueError("no real images for the nearest-neighbour baseline: give bank= (or --bank DIR)")
+            raise ValueError("no real images for the nearest-neighbour reference: give bank= (or --bank DIR)")
     bank = bank.float().cpu()
 
     def features(s: Any, x: torch.Tensor) -> torch.Tensor:

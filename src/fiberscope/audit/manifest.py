@@ -292,7 +292,9 @@ def _method(v: Any, prior: str) -> Any:
         name = v.get("name")
         if not isinstance(name, str) or not name.strip():
             raise ValueError(
-                f"'method' object needs a 'name' (ndtm, unguided, a baseline or a preset), got {v!r}"[:300]
+                f"'method' object needs a 'name' (ndtm, unguided, a training-free baseline or a preset), got {v!r}"[
+                    :300
+                ]
             )
         spec = {k: v[k] for k in sorted(v)}
         spec["name"] = name.strip().lower()

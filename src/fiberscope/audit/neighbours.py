@@ -1,4 +1,4 @@
-"""The nearest-neighbour baseline of an audit's queries over a folder of real images, and the table beside it.
+"""The nearest-neighbour reference of an audit's queries over a folder of real images, and the table beside it.
 
 ``fiberscope neighbours AUDIT_OUT --bank IMAGES/`` reads every finished unit of an audit (or the
 results of ``fiberscope sample``), embeds the bank images with the unit's own subject and layer,
@@ -159,7 +159,7 @@ def audit_neighbours(
     write: bool = True,
     load_subject: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
-    """The nearest-neighbour baseline of every finished result under ``results``; writes the table.
+    """The nearest-neighbour reference of every finished result under ``results``; writes the table.
 
     Args:
         results: an audit's output directory (``fiberscope audit ... --out DIR``) or any folder of

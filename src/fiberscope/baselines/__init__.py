@@ -1,60 +1,34 @@
-"""Trained invariance models: the approaches a single guided generation is claimed to replace.
+"""Moved: the trained invariance models are :mod:`fiberscope.trained` (issue 22: "baseline" means only the
+training-free guidance methods now).
 
-The fiber paper says NDTM "replaces days of training for invariance learning with a single guided
-generation procedure at comparable fidelity". To test that on this scale, fiberscope carries the
-trained approaches, on the same subjects, queries and metrics (``docs/trained-baselines.md``):
-
-* **conditional fiber models** (the paper's Approach B): a conditional generative model of the
-  colour-MNIST VAE latent given φ = ``builtin:colorblind-mnist``, trained with its own loss +
-  λ·RMS fiber loss, λ ∈ {0, 1, 10, 100} — conditional flow matching (``cfm-l{λ}``) and a
-  conditional coupling flow (``cflow-l{λ}``);
-* **FeatInv-style** feature inversion (``featinv-mnist``): a diffusion UNet conditioned on the 7×7
-  feature map of ``builtin:mnist-cnn``;
-* **supervised VAE with nuisance dimensions** (``svae-mnist``): invariances of its *own* head;
-* **conditional INN invariances** of Rombach et al. (``cinn-colorblind``, ``cinn-mnist-cnn``).
-
-Train with ``fiberscope baselines train NAME`` (or ``all``); weights go to
-``~/.cache/fiberscope/baselines/NAME`` (``$FIBERSCOPE_BASELINES_DIR`` or ``--root`` to change).
-:class:`TrainedBaseline` makes any of them a guidance method for ``fs.sample_fiber`` and
-``fiberscope bench`` (``{name: trained, model: cfm-l10}``). The ``baseline:`` subject prefix of
-:func:`fiberscope.load_subject` (``baseline:svae-mnist``: the supervised VAE's own classifier) needs no
-import of this package: :mod:`fiberscope.loading` knows it.
-
-Example:
-    >>> import fiberscope as fs
-    >>> from fiberscope.baselines import TrainedBaseline
-    >>> out = fs.sample_fiber("builtin:colorblind-mnist", query, "builtin:colormnist-latent", n=8,  # doctest: +SKIP
-    ...                       method=TrainedBaseline("cflow-l10"), seed=0)
+``from fiberscope.baselines import TrainedBaseline`` (now ``fiberscope.trained.TrainedMethod``) and every other
+name of this package and its modules keep working until fiberscope 0.2, with a ``DeprecationWarning``
+naming the new home.
 """
 
 from __future__ import annotations
 
 from .._deprecated import moved
-from .cfm import ConditionalFlowMatching
-from .common import Codec, baselines_root, model_dir
-from .featinv import FeatInvUNet
-from .flows import ConditionalINN
-from .model import TrainedBaseline, TrainedModel, load_baseline, load_baseline_subject
-from .recipes import RECIPES, TRAIN_ORDER, train, train_all
-from .svae import SupervisedVAE, SVAEHead
 
-__all__ = [
-    "RECIPES",
-    "TRAIN_ORDER",
-    "Codec",
-    "ConditionalFlowMatching",
-    "ConditionalINN",
-    "FeatInvUNet",
-    "SVAEHead",
-    "SupervisedVAE",
-    "TrainedBaseline",
-    "TrainedModel",
-    "baselines_root",
-    "load_baseline",
-    "load_baseline_subject",
-    "model_dir",
-    "train",
-    "train_all",
-]
-
-__getattr__ = moved(__name__, {"BaselineNotTrainedError": "fiberscope.errors:BaselineNotTrainedError"})
+__getattr__ = moved(
+    __name__,
+    {
+        "BaselineNotTrainedError": "fiberscope.errors:NotTrainedError",
+        "Codec": "fiberscope.trained:Codec",
+        "ConditionalFlowMatching": "fiberscope.trained:ConditionalFlowMatching",
+        "ConditionalINN": "fiberscope.trained:ConditionalINN",
+        "FeatInvUNet": "fiberscope.trained:FeatInvUNet",
+        "RECIPES": "fiberscope.trained:RECIPES",
+        "SVAEHead": "fiberscope.trained:SVAEHead",
+        "SupervisedVAE": "fiberscope.trained:SupervisedVAE",
+        "TRAIN_ORDER": "fiberscope.trained:TRAIN_ORDER",
+        "TrainedBaseline": "fiberscope.trained:TrainedMethod",
+        "TrainedModel": "fiberscope.trained:TrainedModel",
+        "baselines_root": "fiberscope.trained:trained_root",
+        "load_baseline": "fiberscope.trained:load_trained",
+        "load_baseline_subject": "fiberscope.trained:load_trained_subject",
+        "model_dir": "fiberscope.trained:model_dir",
+        "train": "fiberscope.trained:train",
+        "train_all": "fiberscope.trained:train_all",
+    },
+)

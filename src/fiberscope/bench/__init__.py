@@ -9,7 +9,7 @@ For every (method, prior, subject) it reports, as ``mean ± std`` across samplin
 query set fixed (the paper's convention):
 
 * the fiber loss (the headline ``metric``, default squared L2, and every other form in the JSON),
-  beside the nearest-neighbour baseline (the closest real test image in φ, query excluded);
+  beside the nearest-neighbour reference (the closest real test image in φ, query excluded);
 * realism: the Fréchet distance between the samples and real test images in a *reference* model's
   space (never the subject: :func:`fiberscope.metrics.default_reference`), next to the same
   distance between two real sets of the same size (the floor set by sample size);
@@ -21,14 +21,17 @@ query set fixed (the paper's convention):
 * cost: network calls per sample in forward-equivalents (a backward counts as two forwards) and
   wall time per sample.
 
-Besides the guidance methods, two baselines that need no prior are judged the same way:
-``nn`` (the n nearest real images to the query in φ) and ``augment`` (n random augmentations
-of the query). Outputs in ``--out``: ``bench.md`` (one table per pair), ``results.json``,
-``loss_vs_cost.png``, ``loss_vs_realism.png``, and per unit ``units/PAIR/METHOD__seedS.{json,npz,png}``.
-A unit (one method, pair and seed over all queries) is written atomically with a hash of its
-settings, which include a fingerprint of the prior's and the subject's weight files
-(:func:`weights_fingerprint`); a rerun skips finished units whose settings and weights did not
-change, so an interrupted bench resumes where it stopped and a retrained model is measured again.
+Besides the guidance methods, two references that need no prior are judged the same way
+(``references:``, default both): ``nn`` (the n nearest real images to the query in φ) and
+``augment`` (n random augmentations of the query). Outputs in ``--out``: ``bench.md`` (one table
+per pair), ``results.json``, ``loss_vs_cost.png``, ``loss_vs_realism.png``, and per unit
+``units/PAIR/METHOD__seedS.{json,npz,png}``. A unit (one method, pair and seed over all queries)
+is written atomically with a hash of its settings, which include a fingerprint of the prior's and
+the subject's weight files (:func:`weights_fingerprint`); a rerun skips finished units whose
+settings and weights did not change, so an interrupted bench resumes where it stopped and a
+retrained model is measured again. Keys and hashes spell a trained model ``baseline:NAME``, its
+name when they were first taken (:func:`fiberscope.loading.cache_spelling`), so a bench finished
+before the rename resumes whichever spelling its file uses.
 
 Sampling batches several queries together (each row its own target) through the one batch driver
 that :func:`fiberscope.sample_fiber` uses (:func:`fiberscope.sampling.draw_rows`): sample ``j`` of
@@ -53,12 +56,12 @@ Example (Python, with models named in ``objects`` instead of the zoo):
 
 from .._deprecated import moved
 from ..report.bench import write_outputs
-from .config import BASELINES, SEED_STRIDE, BenchConfig, PairSpec, method_applies
+from .config import REFERENCES, SEED_STRIDE, BenchConfig, PairSpec, method_applies
 from .pair import sample_queries, weights_fingerprint
 from .run import run_bench, unit_path
 
 __all__ = [
-    "BASELINES",
+    "REFERENCES",
     "SEED_STRIDE",
     "BenchConfig",
     "PairSpec",
@@ -78,5 +81,6 @@ __getattr__ = moved(
         "resolve_method": "fiberscope.methods:method_from_spec",
         "markdown": "fiberscope.report.bench:markdown",
         "plot": "fiberscope.report.bench:plot",
+        "BASELINES": "fiberscope.bench.config:REFERENCES",  # "baseline" names only the training-free methods
     },
 )

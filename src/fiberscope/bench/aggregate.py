@@ -30,7 +30,7 @@ def aggregate(name: str, recs: list[dict[str, Any]], stats: dict[str, Any], cfg:
     """One table row: every metric as (mean, std) across seeds (failed seeds listed, not averaged).
 
     Args:
-        name: the method or baseline.
+        name: the method or prior-free reference.
         recs: its unit records on one pair, one per seed.
         stats: the pair's statistics (nearest-neighbour losses per query).
         cfg: the bench's settings (the headline ``metric``).

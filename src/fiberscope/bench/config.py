@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._deprecated import REMOVED_IN, moved, warn_deprecated
+from ..loading import cache_spelling, current_spec
 from ..losses import LOSSES
 from ..metrics.augment import AUGMENTATIONS
 from ..utils import jsonable, load_config_file
 
 __all__ = [
     "AUGMENT_DEFAULTS",
-    "BASELINES",
     "CLASSIFIERS",
+    "REFERENCES",
     "SEED_STRIDE",
     "BenchConfig",
     "PairSpec",
@@ -31,8 +33,8 @@ __all__ = [
     "split_layer",
 ]
 
-#: The prior-free baselines the bench can add to every pair.
-BASELINES = ("nn", "augment")
+#: The prior-free references the bench can add to every pair: the nearest real images, augmentations of the query.
+REFERENCES = ("nn", "augment")
 
 #: The default classifier for label agreement, per data set.
 CLASSIFIERS = {
@@ -92,7 +94,8 @@ class PairSpec:
 
     @property
     def key(self) -> str:
-        return slug(f"{_short(self.prior)}__{_short(self.subject_name)}")
+        """The pair's file-name key (units, statistics), with specs spelled as cache keys spell them."""
+        return slug(f"{_short(cache_spelling(self.prior))}__{_short(cache_spelling(self.subject_name))}")
 
 
 @dataclass
@@ -117,7 +120,8 @@ class BenchConfig:
         bank: real images searched for the nearest neighbours (None: the whole test split except
             the queries).
         real: real test images the realism Fréchet distance compares with.
-        baselines: prior-free baselines to add (``nn``, ``augment``).
+        references: prior-free references to add (``nn``: the n nearest real images in φ; ``augment``:
+            n augmentations of the query), judged like the methods.
         augment: per data set, the :func:`~fiberscope.metrics.augment` settings.
         reference: per data set, the reference model ``SPEC[@LAYER]`` for realism and feature
             diversity (default :func:`~fiberscope.metrics.default_reference`).
@@ -126,6 +130,10 @@ class BenchConfig:
         device: where models run.
         threads: torch CPU threads (None: torch's default).
         title: heading of ``bench.md``.
+        baselines: the old name of ``references`` (read until fiberscope 0.2, with a warning).
+
+    Specs spelled the old way (``baseline:NAME`` for ``trained:NAME``) are read with a warning and
+    spelled the new way from then on; units keep their cache keys either way.
     """
 
     methods: dict[str, Any]
@@ -140,7 +148,7 @@ class BenchConfig:
     metric: str = "sq_l2"
     bank: int | None = None
     real: int = 1000
-    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    references: list[str] = field(default_factory=lambda: list(REFERENCES))
     augment: dict[str, dict[str, Any]] = field(default_factory=dict)
     reference: dict[str, str] = field(default_factory=dict)
     classifier: dict[str, str] = field(default_factory=dict)
@@ -148,8 +156,15 @@ class BenchConfig:
     device: str = "cpu"
     threads: int | None = None
     title: str = "fiberscope bench"
+    baselines: InitVar[list[str] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, baselines: list[str] | None) -> None:
+        if baselines is not None:
+            warn_deprecated(
+                f"the bench setting 'baselines' is now named 'references' (nn, augment); 'baselines' is removed in "
+                f"fiberscope {REMOVED_IN}"
+            )
+            self.references = list(baselines)
         if not isinstance(self.methods, dict) or not self.methods:
             raise ValueError("methods must be a non-empty mapping {name: spec}")
         for nm in ("priors", "subjects"):
@@ -158,6 +173,7 @@ class BenchConfig:
                 setattr(self, nm, [s.strip() for s in v.split(",") if s.strip()])
             if not getattr(self, nm):
                 raise ValueError(f"{nm} must list at least one spec")
+            setattr(self, nm, [current_spec(str(x)) for x in getattr(self, nm)])
         if isinstance(self.seeds, int):
             self.seeds = [self.seeds]
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
@@ -170,12 +186,12 @@ class BenchConfig:
             raise ValueError(f"bank must be a positive integer or null (the whole split), got {self.bank!r}")
         if self.metric not in LOSSES:
             raise ValueError(f"metric must be one of {sorted(LOSSES)}, got {self.metric!r}")
-        bad = [b for b in self.baselines if b not in BASELINES]
+        bad = [b for b in self.references if b not in REFERENCES]
         if bad:
-            raise ValueError(f"baselines must be among {BASELINES}, got {bad}")
-        clash = [m for m in self.methods if m in BASELINES]
+            raise ValueError(f"references must be among {REFERENCES}, got {bad}")
+        clash = [m for m in self.methods if m in REFERENCES]
         if clash:
-            raise ValueError(f"method names {clash} are reserved for the prior-free baselines; rename them")
+            raise ValueError(f"method names {clash} are reserved for the prior-free references; rename them")
         for ds, kw in self.augment.items():
             if kw.get("kind", "geometric") not in AUGMENTATIONS:
                 raise ValueError(f"augment[{ds!r}].kind must be one of {AUGMENTATIONS}, got {kw.get('kind')!r}")
@@ -183,11 +199,16 @@ class BenchConfig:
             for p in self.pairs:
                 if not (isinstance(p, (list, tuple)) and len(p) == 2):
                     raise ValueError(f"pairs must be [prior, subject] lists, got {p!r}")
+            self.pairs = [[current_spec(str(x)) for x in p] for p in self.pairs]
+        self.datasets = {current_spec(str(k)): v for k, v in self.datasets.items()}
+        self.methods = {name: _respell_pairs(spec) for name, spec in self.methods.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BenchConfig:
         """Build from a mapping (keys as in the YAML file; ``-`` and ``_`` are equivalent)."""
         d = {str(k).replace("-", "_"): v for k, v in d.items()}
+        if "baselines" in d and "references" in d:
+            raise ValueError("give 'references' only ('baselines' is its old name)")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
@@ -224,6 +245,14 @@ class BenchConfig:
         return out
 
 
+def _respell_pairs(spec: Any) -> Any:
+    """A method spec whose ``pairs`` (where it runs) spell their specs the new way, as the bench's pairs do."""
+    if not (isinstance(spec, Mapping) and isinstance(spec.get("pairs"), list)):
+        return spec
+    only = [[current_spec(str(x)) for x in q] if isinstance(q, (list, tuple)) else q for q in spec["pairs"]]
+    return {**spec, "pairs": only}
+
+
 def method_applies(spec: Any, pair: PairSpec) -> bool:
     """Whether a method runs on ``pair``: a spec's ``pairs: [[prior, subject@layer], ...]`` restricts it.
 
@@ -237,4 +266,15 @@ def method_applies(spec: Any, pair: PairSpec) -> bool:
     only = spec.get("pairs") if isinstance(spec, Mapping) else None
     if not only:
         return True
-    return any(list(map(str, q)) == [pair.prior, pair.subject_name] for q in only)
+    return any([current_spec(str(x), warn=False) for x in q] == [pair.prior, pair.subject_name] for q in only)
+
+
+def _baselines(self: BenchConfig) -> list[str]:
+    warn_deprecated(f"BenchConfig.baselines is now named references (baselines is removed in fiberscope {REMOVED_IN})")
+    return self.references
+
+
+BenchConfig.baselines = property(_baselines)  # type: ignore[attr-defined]  # reading the old name still works
+
+#: Renamed in issue 22: "baseline" names only the training-free guidance methods.
+__getattr__ = moved(__name__, {"BASELINES": "fiberscope.bench.config:REFERENCES"})

@@ -20,6 +20,7 @@ import torch
 
 from ..counting import CallCounter
 from ..guidance import FiberObjective, GuidanceMethod
+from ..loading import cache_spelling, current_spec
 from ..metrics.agreement import label_agreement
 from ..metrics.colour import colour_histogram_stats
 from ..metrics.diversity import mean_pairwise_distance
@@ -44,17 +45,17 @@ def settings_hash(obj: Any) -> str:
 def weights_fingerprint(spec: str) -> str | None:
     """What identifies the weights behind a prior or subject spec, for the cache keys of units.
 
-    ``builtin:NAME`` hashes the content of its safetensors files (small), ``baseline:NAME`` that of
-    the trained baseline's ``model.safetensors``, a local file or directory the names, sizes and
-    modification times of its weight files (checkpoints of several GB are not read); a hub id gives
-    ``None`` (its revision identifies it). So a retrained prior or subject reruns its units instead of
-    reusing results measured on the old weights.
+    ``builtin:NAME`` hashes the content of its safetensors files (small), ``trained:NAME`` (or its
+    old spelling ``baseline:NAME``) that of the trained model's ``model.safetensors``, a local file or
+    directory the names, sizes and modification times of its weight files (checkpoints of several GB
+    are not read); a hub id gives ``None`` (its revision identifies it). So a retrained prior or
+    subject reruns its units instead of reusing results measured on the old weights.
     """
-    name = spec.split("@", 1)[0]
+    name = current_spec(spec.split("@", 1)[0], warn=False)
     h = hashlib.sha256()
     try:
-        if name.startswith(("builtin:", "baseline:")):
-            from ..baselines.common import file_digest, model_dir
+        if name.startswith(("builtin:", "trained:")):
+            from ..trained.common import file_digest, model_dir
             from ..zoo.registry import weights_dir
 
             kind, _, short = name.partition(":")
@@ -240,7 +241,7 @@ class Pair:
         h = settings_hash(self._stats_settings())
         old = read_json(path)
         if old is not None and old.get("hash") == h:
-            return old
+            return {**old, "pair": asdict(self.pair)}  # the same settings, its specs spelled as today
         self.load()
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -293,8 +294,9 @@ class Pair:
 
     def _stats_settings(self) -> dict[str, Any]:
         c = self.cfg
+        pair = {k: cache_spelling(v) if isinstance(v, str) else v for k, v in asdict(self.pair).items()}
         return {
-            "pair": asdict(self.pair),
+            "pair": pair,  # specs spelled as when the keys were first taken (trained:NAME was baseline:NAME)
             "queries": c.queries,
             "query_seed": c.query_seed,
             "n": c.n,

@@ -1,4 +1,4 @@
-"""The bench's run: every unit (a method or baseline on a pair, in one seed) computed or read back, then the tables.
+"""The bench's run: every unit (a method or a prior-free reference on a pair, one seed) computed or read back.
 
 A unit is written atomically with a hash of its settings (:func:`~fiberscope.bench.pair.settings_hash`),
 which include a fingerprint of the prior's and the subject's weights; a rerun skips finished units
@@ -22,12 +22,13 @@ import torch
 from .._version import __version__
 from ..errors import ModelNotAvailableError
 from ..guidance import GuidanceError, GuidanceMethod
+from ..loading import current_spec
 from ..methods import method_from_spec
 from ..metrics.augment import augment
 from ..report.bench import write_outputs
 from ..utils import atomic_write_bytes, atomic_write_json
 from .aggregate import aggregate
-from .config import BASELINES, BenchConfig, method_applies, slug
+from .config import REFERENCES, BenchConfig, method_applies, slug
 from .pair import Pair, bench_batch_size, read_json, settings_hash
 
 __all__ = ["run_bench", "unit_path"]
@@ -49,7 +50,7 @@ def _unit_png(pair: Pair, images: torch.Tensor, title: str) -> bytes:
 
 
 def unit_path(out: Path, pair_key: str, name: str, seed: int) -> Path:
-    """Where one unit (a method or baseline ``name`` on a pair, in one seed) is written, without suffix."""
+    """Where one unit (a method or reference ``name`` on a pair, in one seed) is written, without suffix."""
     return out / "units" / pair_key / f"{slug(name)}__seed{seed}"
 
 
@@ -57,7 +58,7 @@ def _run_unit(pair: Pair, name: str, spec: Any, seed: int, out: Path) -> tuple[d
     """Load a finished unit, or run and save it. Returns (record, computed_now)."""
     cfg = pair.cfg
     method: GuidanceMethod | None = None
-    if name not in BASELINES:
+    if name not in REFERENCES:
         method = method_from_spec(spec, None, pair.pair.prior)
         mcfg = method.config()
     else:
@@ -67,7 +68,7 @@ def _run_unit(pair: Pair, name: str, spec: Any, seed: int, out: Path) -> tuple[d
     base = unit_path(out, pair.pair.key, name, seed)
     old = read_json(base.with_suffix(".json"))
     if old is not None and old.get("hash") == h:
-        return old, False
+        return {**old, "pair": asdict(pair.pair)}, False  # the same settings, its specs spelled as today
     pair.load()
     stats = pair.stats(out)
     t0 = time.perf_counter()
@@ -162,7 +163,7 @@ def run_bench(
     def _n_units(pspec: Any) -> int:
         return sum(
             len(cfg.seeds[:1] if n == "nn" else cfg.seeds)
-            for n in list(cfg.methods) + list(cfg.baselines)
+            for n in list(cfg.methods) + list(cfg.references)
             if not (n in cfg.methods and not method_applies(cfg.methods[n], pspec))
         )
 
@@ -185,10 +186,11 @@ def run_bench(
     atomic_write_json(out / "config.json", cfg.to_dict())
     pairs_out, rows = [], []
     t_start = time.perf_counter()
-    names = list(cfg.methods) + list(cfg.baselines)
+    names = list(cfg.methods) + list(cfg.references)
+    objs = {current_spec(str(k), warn=False): v for k, v in (objects or {}).items()}  # named as the config names them
     skipped = []
     for pspec in cfg.resolved_pairs():
-        pair = Pair(cfg, pspec, objects or {}, data or {}, say)
+        pair = Pair(cfg, pspec, objs, data or {}, say)
         units: dict[str, list[dict[str, Any]]] = {}
         done_here = 0
         try:

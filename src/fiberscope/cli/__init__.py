@@ -1,7 +1,7 @@
 """The ``fiberscope`` command (also ``python -m fiberscope``): one module per command group.
 
 ``sample``, ``demo``, ``zoo``, ``layers``/``report``/``presets``/``data`` (:mod:`~fiberscope.cli.info`),
-``audit``/``manifest``/``neighbours``, ``bench``, ``baselines`` and ``compare`` each live in their own
+``audit``/``manifest``/``neighbours``, ``bench``, ``trained`` and ``compare`` each live in their own
 module here; :mod:`~fiberscope.cli.app` builds the parser (adding the command groups of installed
 plugins), runs the command and maps errors to the exit codes listed in its docstring. The commands
 parse flags and print; what they run is library code, which raises :mod:`fiberscope.errors` and never

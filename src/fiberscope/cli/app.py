@@ -35,7 +35,7 @@ Exit codes:
        failure's own code is used instead)
     6  output problem: the output directory cannot be written (permissions, full disk, read-only)
     7  model not available: an unknown model name, a hub id not in the local cache, an untrained
-       zoo entry or baseline, a path that holds no model
+       zoo entry or trained model, a path that holds no model
     8  bad model files: corrupt, truncated or mis-shaped weights, a broken or out-of-bounds
        config.json / scheduler config, pickled weights without --trust-pickle
     130 interrupted (Ctrl-C, or SIGTERM during an audit): finished results are kept, the unit in
@@ -45,21 +45,23 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._deprecated import REMOVED_IN
 from .._version import __version__
 from ..errors import EXIT, classify, printable
-from . import audit, baselines, bench, compare, demo, info, sample, zoo
+from . import audit, bench, compare, demo, info, sample, trained, zoo
 from .common import Formatter, Parser, config_defaults, say
 
 __all__ = ["ENTRY_POINT_GROUP", "GROUPS", "build_parser", "check_args", "main", "register_command"]
 
 #: The in-tree command groups, in the order of ``fiberscope --help``.
-GROUPS = (sample, demo, zoo, info, audit, bench, baselines, compare)
+GROUPS = (sample, demo, zoo, info, audit, bench, trained, compare)
 
 #: The entry-point group through which other packages add command groups.
 ENTRY_POINT_GROUP = "fiberscope.commands"
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_plugin(subs, name, where, add)
     for fn in _LEGACY:
         _add_plugin(subs, getattr(fn, "__name__", "?"), getattr(fn, "__module__", "?"), fn)
-    # nested commands (`zoo train`, `baselines sample`, ...) take --config/--quiet/--debug too
+    # nested commands (`zoo train`, `trained sample`, ...) take --config/--quiet/--debug too
     for top in subs.choices.values():
         for a in top._actions:
             if isinstance(a, argparse._SubParsersAction):
@@ -155,9 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    """``"sample"``, ``"zoo train"``, ``"baselines sample"``, ...: the command and its subcommand."""
+    """``"sample"``, ``"zoo train"``, ``"trained sample"``, ...: the command and its subcommand (by today's name)."""
     name = str(getattr(args, "command", "") or "")
-    for dest in ("zoo_cmd", "baselines_cmd"):
+    name = trained.RENAMED_COMMANDS.get(name, name)
+    for dest in ("zoo_cmd", "trained_cmd"):
         sub = getattr(args, dest, None)
         if sub:
             name += f" {sub}"
@@ -189,6 +192,31 @@ def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fiberscope ARGV``; returns the exit code (see ``fiberscope --help``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        _note_deprecations()
+        return _run(argv)
+
+
+def _note_deprecations() -> None:
+    """Show each of fiberscope's own deprecations once, as one line on stderr (an old flag, command, spec or key).
+
+    Python hides a ``DeprecationWarning`` raised inside a library; a command-line user should still
+    learn that an old spelling goes away. Other warnings are left to Python's filters.
+    """
+    ours = rf"(?s).*fiberscope {re.escape(REMOVED_IN)}"
+    warnings.filterwarnings("once", message=ours, category=DeprecationWarning)
+    show = warnings.showwarning
+
+    def note(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, DeprecationWarning) and re.match(ours, str(message)):
+            say(f"fiberscope: deprecated: {message}")
+        else:
+            show(message, category, *rest, **kw)
+
+    warnings.showwarning = note
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):

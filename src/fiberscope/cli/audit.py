@@ -1,5 +1,5 @@
 """``fiberscope audit`` (run a manifest of work units), ``manifest`` (write one from a folder of images) and
-``neighbours`` (the nearest-neighbour baseline of an audit's queries).
+``neighbours`` (the nearest-neighbour reference of an audit's queries).
 
 Kept light: argparse only at import time (the CLI imports this module on every invocation).
 """
@@ -279,7 +279,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# fiberscope neighbours: the nearest-neighbour baseline and the fiber-loss-vs-NN table
+# fiberscope neighbours: the nearest-neighbour reference and the fiber-loss-vs-NN table
 
 NEIGHBOURS_EXAMPLE = """
 fiberscope neighbours audit-out --bank imagenet/val --device cuda     # writes audit-out/neighbours.{json,md}
@@ -291,7 +291,7 @@ def add_neighbours_command(subs: Any) -> None:
     p = add_command(
         subs,
         "neighbours",
-        "the nearest-neighbour baseline of an audit's queries over a folder of real images, and the "
+        "the nearest-neighbour reference of an audit's queries over a folder of real images, and the "
         "fiber-loss-vs-nearest-neighbour table",
         NEIGHBOURS_EXAMPLE,
         cmd_neighbours,

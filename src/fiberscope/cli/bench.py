@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..bench import BASELINES, BenchConfig, method_applies, run_bench, unit_path
+from .._deprecated import REMOVED_IN, warn_deprecated
+from ..bench import REFERENCES, BenchConfig, method_applies, run_bench, unit_path
 from ..errors import EXIT, CLIError
 from ..losses import LOSSES
 from ..methods import method_from_spec
@@ -34,12 +35,11 @@ def _list(v: Any, cast: Callable[[str], Any] = str) -> list[Any] | None:
 
 def add_commands(subs: Any) -> None:
     """Add ``bench`` to the ``fiberscope`` command."""
-    p = add_command(
-        subs, "bench", "compare guidance methods: fiber loss, NN baseline, realism, diversity, cost", EXAMPLE, cmd_bench
-    )
+    what = "compare guidance methods: fiber loss, NN reference, realism, diversity, cost"
+    p = add_command(subs, "bench", what, EXAMPLE, cmd_bench)
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out); reruns resume in it")
     p.add_argument(
-        "--methods", dest="select_methods", metavar="NAMES", help="comma list: run only these methods (and baselines)"
+        "--methods", dest="select_methods", metavar="NAMES", help="comma list: run only these methods (and references)"
     )
     p.add_argument("--priors", help="comma list of prior specs (replaces the config's)")
     p.add_argument("--subjects", help="comma list of subject specs, SPEC@LAYER (replaces the config's)")
@@ -51,7 +51,11 @@ def add_commands(subs: Any) -> None:
     p.add_argument("--metric", choices=sorted(LOSSES), help="headline fiber-loss form (default sq_l2)")
     p.add_argument("--bank", type=int, help="real images searched for nearest neighbours (default all)")
     p.add_argument("--real", type=int, help="real images for the realism Fréchet distance")
-    p.add_argument("--baselines", help=f"comma list among {', '.join(BASELINES)} ('none' for neither)")
+    p.add_argument(
+        "--references",
+        help=f"prior-free references to add, comma list among {', '.join(REFERENCES)} ('none' for neither)",
+    )
+    p.add_argument("--baselines", help=argparse.SUPPRESS)  # the old name of --references (and of the file's key)
     p.add_argument("--device")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--title")
@@ -77,7 +81,7 @@ def _config_from_args(args: argparse.Namespace) -> BenchConfig:
         "metric",
         "bank",
         "real",
-        "baselines",
+        "references",
         "augment",
         "reference",
         "classifier",
@@ -89,7 +93,14 @@ def _config_from_args(args: argparse.Namespace) -> BenchConfig:
         v = getattr(args, k, None)
         if v is not None:
             d[k] = v
-    for k in ("priors", "subjects", "baselines"):
+    if getattr(args, "baselines", None) is not None:
+        warn_deprecated(
+            f"the bench option 'baselines' (--baselines, or the key in --config) is now 'references'; 'baselines' is "
+            f"removed in fiberscope {REMOVED_IN}"
+        )
+        if "references" not in d:
+            d["references"] = args.baselines
+    for k in ("priors", "subjects", "references"):
         if k in d:
             d[k] = [x for x in _list(d[k]) or [] if x != "none"]
     if "seeds" in d:
@@ -106,9 +117,9 @@ def _config_from_args(args: argparse.Namespace) -> BenchConfig:
         given = d.get("methods") or {}
         if not given and getattr(args, "config", None):
             given = load_config_file(args.config).get("methods") or {}
-        d["methods"] = {m: given.get(m, m) for m in sel if m not in BASELINES}
-        if "baselines" not in d:
-            d["baselines"] = [m for m in sel if m in BASELINES]
+        d["methods"] = {m: given.get(m, m) for m in sel if m not in REFERENCES}
+        if "references" not in d:
+            d["references"] = [m for m in sel if m in REFERENCES]
     try:
         return BenchConfig.from_dict(d)
     except (TypeError, ValueError) as e:
@@ -120,7 +131,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.dry_run:
         for pair in cfg.resolved_pairs():
-            for name in list(cfg.methods) + list(cfg.baselines):
+            for name in list(cfg.methods) + list(cfg.references):
                 if name in cfg.methods and not method_applies(cfg.methods[name], pair):
                     continue
                 for seed in cfg.seeds[:1] if name == "nn" else cfg.seeds:

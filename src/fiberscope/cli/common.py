@@ -52,7 +52,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT["usage"], f"{self.prog}: error: {printable(message)}\n")
 
 
-def add_command(subs: Any, name: str, help: str, example: str, fn: Callable[[argparse.Namespace], int]) -> Any:
+def add_command(
+    subs: Any, name: str, help: str, example: str, fn: Callable[[argparse.Namespace], int], *, hidden: bool = False
+) -> Any:
     """Add the command ``name`` running ``fn(args)`` (its exit code), with ``--config``, ``--quiet``, ``--debug``.
 
     Args:
@@ -61,10 +63,12 @@ def add_command(subs: Any, name: str, help: str, example: str, fn: Callable[[arg
         help: one line for ``fiberscope --help`` and the command's own description.
         example: one or more example command lines, shown at the end of its ``--help``.
         fn: the command; returns the exit code (see :data:`fiberscope.errors.EXIT`).
+        hidden: leave it out of ``fiberscope --help`` (an old name kept for one release).
     """
+    listed = {} if hidden else {"help": help}  # argparse lists only the commands given a help line
     p = subs.add_parser(
         name,
-        help=help,
+        **listed,
         description=help,
         formatter_class=Formatter,
         epilog="example:\n" + textwrap.indent(example.strip(), "  "),
@@ -128,7 +132,8 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--method",
         default=None,
-        help="ndtm, auto, unguided, a baseline or an NDTM preset name (see `fiberscope presets`); default: the "
+        help="ndtm, auto, unguided, a training-free baseline (dps, freedom, ugd, mpgd, tfg) or an NDTM preset name "
+        "(see `fiberscope presets`); default: the "
         "scale-free auto (AutoNDTM), which needs no tuning (with NDTM-only flags such as --lr: the prior's "
         "registered NDTM preset fills the rest)",
     )

@@ -18,7 +18,7 @@ EXAMPLE = """
 fiberscope compare --subjects builtin:mnist-cnn@penultimate builtin:mnist-cnn@logits \\
     --prior builtin:mnist-ddpm --queries digits/ --n 4 --out compare-out
 fiberscope compare --subjects builtin:colorblind-mnist timm:resnet18.a1_in1k@layer4 --prior builtin:colormnist-latent \\
-    --queries q/ --bank real/ --out cmp/            # --bank: real images for the nearest-neighbour baseline
+    --queries q/ --bank real/ --out cmp/            # --bank: real images for the nearest-neighbour reference
 
 Writes OUT/comparison.json (the matrix, per query), OUT/comparison.png (the heatmap), OUT/report.html
 and every fiber under OUT/fibers/. Entry [A][B] is B's fiber loss on A's samples over B's loss on the
@@ -39,7 +39,7 @@ def add_commands(subs: Any) -> None:
     p.add_argument("--queries", nargs="+", help="query images, or a folder of them")
     p.add_argument(
         "--bank",
-        help="folder of real images for the nearest-neighbour baseline (default: a builtin "
+        help="folder of real images for the nearest-neighbour reference (default: a builtin "
         "prior's test split, else the other queries)",
     )
     p.add_argument("--n", type=int, default=4, help="samples per fiber (default 4)")

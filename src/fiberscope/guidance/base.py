@@ -433,7 +433,7 @@ class GuidanceMethod(ABC):
     ``steps``, ``init`` and ``strength`` are the settings the default :meth:`times` and
     :meth:`initial_state` read; methods that walk the prior's grid get them from
     :class:`SamplingSettings`, the others override both methods (``steps=None``: a method that
-    has no grid of its own, such as a trained baseline's default).
+    has no grid of its own, such as a trained model's default).
     """
 
     name: ClassVar[str] = "method"

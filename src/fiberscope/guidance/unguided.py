@@ -14,7 +14,7 @@ __all__ = ["Unguided"]
 
 @dataclass
 class Unguided(SamplingSettings):
-    """Unguided sampling: what the prior draws when nothing steers it (the fiber loss baseline).
+    """Unguided sampling: what the prior draws when nothing steers it (the fiber loss's reference level).
 
     Its settings are exactly the shared :class:`~fiberscope.guidance.base.SamplingSettings` (steps,
     sampler, eta, variance, clip, output, init, strength); ``output="x0"`` and ``"state"`` are

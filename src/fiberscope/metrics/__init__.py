@@ -2,13 +2,13 @@
 
 * fiber loss in every reported form (:func:`fiber_loss_forms`) and the ``mean ± std`` across
   sampling seeds (:func:`across_seeds`);
-* the nearest-neighbour baseline (:func:`nearest_neighbour`, :func:`nearest_neighbours`);
+* the nearest-neighbour reference (:func:`nearest_neighbour`, :func:`nearest_neighbours`);
 * realism: Fréchet distance in a reference model's space (:func:`realism`, :class:`Reference`,
   :func:`default_reference`; :func:`frechet_distance` for any features);
 * diversity (:func:`diversity`, :func:`mean_pairwise_distance`, :func:`variance_map`);
 * agreement with other models (:func:`label_agreement`, :func:`cross_model_agreement`);
 * colour-MNIST ground truth (:func:`colour_histogram_stats`);
-* the augmentation baseline (:func:`augment`).
+* the augmentation reference (:func:`augment`).
 """
 
 from .agreement import cross_model_agreement, label_agreement

@@ -4,7 +4,7 @@
   (its true label) and in the class it predicts for the query itself (top-k) — the paper's "label
   preservation" with a ConvNeXt-L on ImageNet.
 * :func:`cross_model_agreement`: model A's fiber samples embedded by model B. B's fiber loss of
-  those samples is compared with B's nearest-neighbour baseline for the query: a ratio well below 1
+  those samples is compared with B's nearest-neighbour reference for the query: a ratio well below 1
   means B cannot tell A's samples from the query either; a ratio near or above 1 means B sees a
   difference at least as large as that between the query and its closest real image — what A
   ignores, B sees (the paper's CheXpert cross-model figures).
@@ -70,7 +70,7 @@ def cross_model_agreement(
     query_image: torch.Tensor | None = None,
     bank_images: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Model B's fiber loss of model A's samples, relative to B's nearest-neighbour baseline.
+    """Model B's fiber loss of model A's samples, relative to B's nearest-neighbour reference.
 
     Args:
         sample_features_b: B's features of A's fiber samples ``[n, ...]``.

@@ -1,4 +1,4 @@
-"""The augmentation baseline: the query under random augmentations, judged like fiber samples.
+"""The augmentation reference: the query under random augmentations, judged like fiber samples.
 
 The paper prints the fiber loss under augmented copies of the query (DINOv2's training
 augmentations) to show how far ordinary "semantics-preserving" changes move φ. For the zoo's

@@ -1,4 +1,4 @@
-"""The nearest-neighbour baseline: the closest real image to the query in feature space.
+"""The nearest-neighbour reference: the closest real image to the query in feature space.
 
 The paper reports it beside every fiber loss: a fiber sample should be closer to the query in φ
 than any real image is (e.g. DINOv2/ImageNet: NDTM 273 against the nearest neighbour's 1225).

@@ -1,7 +1,7 @@
 """Small networks that fiberscope trains itself: the zoo's classifier, autoencoders and denoisers.
 
 Every class here is small enough to train on a laptop CPU (:mod:`fiberscope.training`); the zoo's
-recipes (:mod:`fiberscope.zoo.recipes`) and the trained baselines (:mod:`fiberscope.baselines`)
+recipes (:mod:`fiberscope.zoo.recipes`) and the trained models (:mod:`fiberscope.trained`)
 build on them, and the zoo's shipped weights are loaded into them. The pixel priors are diffusers
 ``UNet2DModel``s (settings :data:`UNET_28`).
 

@@ -3,7 +3,7 @@
 :class:`GrayEncoder` / :class:`GrayDecoder` are trained together on grey ink; the encoder, after
 decolourising, is the colour-blind subject :class:`ColorblindEmbed` (``builtin:colorblind-mnist``).
 :class:`ConvVAE` is the autoencoder of the latent prior ``builtin:colormnist-latent``, and of the
-trained baselines that model a latent space.
+trained models that model a latent space.
 
 Example:
     >>> import torch

@@ -23,7 +23,7 @@ from torch import nn
 __all__ = ["UNET_28", "LatentDenoiser", "timestep_embedding"]
 
 #: ``diffusers.UNet2DModel`` settings of the zoo's 28×28 pixel priors (about 1 M parameters); the
-#: FeatInv baseline uses them when it trains from scratch.
+#: FeatInv model uses them when it trains from scratch.
 UNET_28: dict[str, Any] = dict(
     sample_size=28,
     block_out_channels=(32, 64, 64),

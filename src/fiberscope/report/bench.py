@@ -69,7 +69,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
         ]
         colour = any("colour_kl" in r for r in rows)
-        # trained baselines (fiberscope.baselines) carry their training wall time: "train once" vs "guide"
+        # trained models (fiberscope.trained) carry their training wall time: "train once" vs "guide"
         trained = any((r.get("method_config") or {}).get("train_seconds") is not None for r in rows)
         head = [
             "method",

@@ -26,7 +26,7 @@ def write_comparison_report(cmp: ComparisonResult, path: str | Path) -> Path:
     rep.paragraph(
         "Each row is one subject's fiber: images that subject cannot tell apart from the query. Each column "
         "judges those samples with another subject: its fiber loss on them divided by its loss on the real image "
-        "closest to the query (the nearest-neighbour baseline). Below 1 (and far below, ≪ 0.1) the column's "
+        "closest to the query (the nearest-neighbour reference). Below 1 (and far below, ≪ 0.1) the column's "
         "subject cannot tell the row's samples from the query either; at 1 or above it sees a difference at "
         "least as large as that between the query and its closest real image: it sees what the row's subject "
         "ignores. The diagonal is each subject's own fiber.",

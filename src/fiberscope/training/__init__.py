@@ -1,7 +1,7 @@
 """Training: one loop, one checkpoint format and the objectives and data helpers of every recipe.
 
 The zoo's recipes (:mod:`fiberscope.zoo.recipes`: what to train for each built-in model) and the
-trained baselines (:mod:`fiberscope.baselines.recipes`) both train through :func:`run_training`:
+trained models (:mod:`fiberscope.trained.recipes`) both train through :func:`run_training`:
 AdamW with a warm-up + cosine learning rate (cool-downs and warm restarts extend a finished
 schedule reproducibly), an EMA copy of the weights, and a resumable :class:`Checkpoint`
 (safetensors + JSON, no pickle) every few hundred steps.

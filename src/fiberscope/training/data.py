@@ -1,6 +1,6 @@
 """Training data as tensors, and the augmentations and batched evaluations the recipes share.
 
-The zoo and the trained baselines train on MNIST / Fashion-MNIST (``[N, 1, 28, 28]`` in [-1, 1])
+The zoo and the trained models train on MNIST / Fashion-MNIST (``[N, 1, 28, 28]`` in [-1, 1])
 and on colour MNIST, recoloured afresh from the grey digits with a seeded generator.
 :func:`fiberscope.training.run_training` indexes one tensor on dim 0, so labels ride along in the
 last column (:func:`with_labels`, :func:`split_labels`).

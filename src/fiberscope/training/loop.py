@@ -1,6 +1,6 @@
 """The training loop: AdamW, a warm-up + cosine learning rate with cool-downs and warm restarts, EMA.
 
-Every training fiberscope does (the zoo's models, the trained baselines) runs through
+Every training fiberscope does (the zoo's models, the trained models) runs through
 :func:`run_training`: it trains from a seed, writes a checkpoint (:class:`~fiberscope.training.Checkpoint`,
 safetensors + JSON) every few hundred steps, and picks up where it stopped when run again, so a long
 CPU training can span several sessions and still follow exactly the path of an uninterrupted one.
@@ -40,7 +40,7 @@ __all__ = ["TrainConfig", "batches", "ema_update", "hardware_string", "loss_reco
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings of one training run (every zoo recipe and trained baseline has one)."""
+    """Optimisation settings of one training run (every zoo recipe and trained model has one)."""
 
     steps: int = 10_000
     batch_size: int = 128

@@ -1,4 +1,4 @@
-"""Moved: the zoo's networks live in :mod:`fiberscope.models` (the trained baselines use them too).
+"""Moved: the zoo's networks live in :mod:`fiberscope.models` (the trained models use them too).
 
 ``from fiberscope.zoo.models import SmallCNN`` keeps working until fiberscope 0.2, with a
 ``DeprecationWarning``; import from :mod:`fiberscope.models` instead.

@@ -1,4 +1,4 @@
-"""Moved: the training loop and checkpoints live in :mod:`fiberscope.training` (the trained baselines use them too).
+"""Moved: the training loop and checkpoints live in :mod:`fiberscope.training` (the trained models use them too).
 
 ``from fiberscope.zoo.training import TrainConfig`` keeps working until fiberscope 0.2, with a
 ``DeprecationWarning``; import from :mod:`fiberscope.training` instead.

@@ -1,4 +1,4 @@
-"""``fiberscope baselines list|train|sample|show``: the trained invariance models (:mod:`fiberscope.baselines`).
+"""``fiberscope trained list|train|sample|show``: the trained invariance models (:mod:`fiberscope.trained`).
 
 Kept light: the models are imported inside the commands.
 """
@@ -10,18 +10,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .._deprecated import REMOVED_IN, warn_deprecated
 from ..errors import EXIT, CLIError
 from .common import add_command, check_writable
 
-__all__ = ["add_commands", "cmd_baselines"]
+__all__ = ["RENAMED_COMMANDS", "add_commands", "cmd_trained"]
 
 EXAMPLE = """
-fiberscope baselines list                                  # every recipe, trained or not, training time
-fiberscope baselines train all --threads 1                 # every baseline in sequence; rerun to resume
-fiberscope baselines train cfm-l10 --max-minutes 20        # one; run again to continue
-fiberscope baselines train featinv-mnist --set init=none   # change a recipe setting
-fiberscope baselines sample cfm-l10 --test-index 0 3 --n 8 --out fibers-cfm
-fiberscope baselines sample svae-mnist --query digit.png --subject builtin:mnist-cnn --layer logits"""
+fiberscope trained list                                  # every recipe, trained or not, training time
+fiberscope trained train all --threads 1                 # every model in sequence; rerun to resume
+fiberscope trained train cfm-l10 --max-minutes 20        # one; run again to continue
+fiberscope trained train featinv-mnist --set init=none   # change a recipe setting
+fiberscope trained sample cfm-l10 --test-index 0 3 --n 8 --out fibers-cfm
+fiberscope trained sample svae-mnist --query digit.png --subject builtin:mnist-cnn --layer logits"""
 
 
 def _parse_set(items: list[str] | None) -> dict[str, Any]:
@@ -39,28 +40,38 @@ def _parse_set(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+#: Command groups renamed in issue 22 ("baseline" names only the training-free guidance methods): the old
+#: name still runs the group until fiberscope 0.2, hidden from ``--help``, with a one-line note on stderr.
+RENAMED_COMMANDS = {"baselines": "trained"}
+
+
 def add_commands(subs: Any) -> None:
-    """Add ``baselines`` to the ``fiberscope`` command."""
-    p = add_command(
-        subs, "baselines", "trained invariance models: train them and sample their fibers", EXAMPLE, cmd_baselines
-    )
-    bs = p.add_subparsers(dest="baselines_cmd", metavar="BASELINES_COMMAND")
+    """Add ``trained`` (and its old name ``baselines``, hidden) to the ``fiberscope`` command."""
+    _add_group(subs, "trained")
+    for old in RENAMED_COMMANDS:
+        _add_group(subs, old, hidden=True)
+
+
+def _add_group(subs: Any, name: str, hidden: bool = False) -> None:
+    what = "trained invariance models: train them and sample their fibers"
+    p = add_command(subs, name, what, EXAMPLE, cmd_trained, hidden=hidden)
+    bs = p.add_subparsers(dest="trained_cmd", metavar="TRAINED_COMMAND")
     ls = bs.add_parser(
         "list",
         help="list the recipes and whether they are trained",
-        epilog="example:\n  fiberscope baselines list",
+        epilog="example:\n  fiberscope trained list",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ls.add_argument("--root", help="where baselines live (default $FIBERSCOPE_BASELINES_DIR or ~/.cache/...)")
+    ls.add_argument("--root", help="where trained models live (default $FIBERSCOPE_TRAINED_DIR or ~/.cache/...)")
 
     t = bs.add_parser(
         "train",
-        help="train (or continue training) one baseline, or all of them in sequence",
-        epilog="example:\n  fiberscope baselines train all --threads 1   # run again to continue",
+        help="train (or continue training) one model, or all of them in sequence",
+        epilog="example:\n  fiberscope trained train all --threads 1   # run again to continue",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("name", help="a recipe name (see `fiberscope baselines list`) or 'all'")
-    t.add_argument("--root", help="where baselines live (default $FIBERSCOPE_BASELINES_DIR or ~/.cache/...)")
+    t.add_argument("name", help="a recipe name (see `fiberscope trained list`) or 'all'")
+    t.add_argument("--root", help="where trained models live (default $FIBERSCOPE_TRAINED_DIR or ~/.cache/...)")
     t.add_argument("--data", help="directory with the MNIST idx files (default: searched)")
     t.add_argument("--max-minutes", type=float, help="stop after this long (all: in total); run again to resume")
     t.add_argument("--steps", type=int, help="override the recipe's number of training steps (smoke tests)")
@@ -70,18 +81,18 @@ def add_commands(subs: Any) -> None:
 
     s = bs.add_parser(
         "sample",
-        help="sample fibers of queries with a trained baseline",
-        epilog="example:\n  fiberscope baselines sample cfm-l10 --test-index 0 --n 8 --out fibers",
+        help="sample fibers of queries with a trained model",
+        epilog="example:\n  fiberscope trained sample cfm-l10 --test-index 0 --n 8 --out fibers",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("name", help="a trained baseline (name or directory)")
+    s.add_argument("name", help="a trained model (name or directory)")
     s.add_argument("--query", nargs="+", default=[], help="query images (PNG, .npy, ...)")
     s.add_argument("--test-index", nargs="+", type=int, default=[], help="queries from the test split, by index")
     s.add_argument("--n", type=int, default=8, help="samples per query")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int)
-    s.add_argument("--out", default="baseline-fibers", help="output directory")
-    s.add_argument("--root", help="where baselines live")
+    s.add_argument("--out", default="trained-fibers", help="output directory")
+    s.add_argument("--root", help="where trained models live")
     s.add_argument("--steps", type=int, help="ODE / denoising steps (default: as trained)")
     s.add_argument("--temperature", type=float, default=1.0, help="scale of the Gaussian codes")
     s.add_argument("--guidance-scale", type=float, help="FeatInv classifier-free guidance weight")
@@ -93,8 +104,8 @@ def add_commands(subs: Any) -> None:
 
     sh = bs.add_parser(
         "show",
-        help="print a trained baseline's training record",
-        epilog="example:\n  fiberscope baselines show cfm-l10",
+        help="print a trained model's training record",
+        epilog="example:\n  fiberscope trained show cfm-l10",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sh.add_argument("name")
@@ -102,8 +113,8 @@ def add_commands(subs: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ..baselines.common import model_dir, read_json
-    from ..baselines.recipes import RECIPES, TRAIN_ORDER
+    from ..trained.common import model_dir, read_json
+    from ..trained.recipes import RECIPES, TRAIN_ORDER
 
     rows = []
     for name in TRAIN_ORDER:
@@ -121,7 +132,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..baselines.recipes import train, train_all
+    from ..trained.recipes import train, train_all
 
     overrides: dict[str, Any] = {}
     if args.steps:
@@ -143,7 +154,7 @@ def _train(args: argparse.Namespace) -> int:
         for n, why in skipped.items():
             print(f"skipped {n}: {why}")
         return EXIT["partial"] if (skipped or unfinished) else 0
-    parts = ["fiberscope baselines train", args.name] + [f"--set {x}" for x in args.set or []]
+    parts = ["fiberscope trained train", args.name] + [f"--set {x}" for x in args.set or []]
     if args.steps:
         parts.append(f"--steps {args.steps}")
     meta = train(
@@ -163,15 +174,15 @@ def _train(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from ..api import sample_fiber
-    from ..baselines.model import TrainedBaseline, load_baseline
-    from ..loading import load_subject
+    from ..loading import current_spec, load_subject
+    from ..trained.model import TrainedMethod, load_trained
 
     if not args.query and not args.test_index:
         raise CLIError("sample needs --query PATH... or --test-index N...", EXIT["usage"])
-    method = TrainedBaseline(
+    method = TrainedMethod(
         args.name, root=args.root, steps=args.steps, temperature=args.temperature, guidance_scale=args.guidance_scale
     )
-    model = load_baseline(args.name, args.root)
+    model = load_trained(args.name, args.root)
     prior = model.output_prior()
     if args.subject:
         subject_spec, layer = args.subject, args.layer
@@ -186,9 +197,11 @@ def _sample(args: argparse.Namespace) -> int:
         if not sub.get("spec"):
             raise CLIError(f"{args.name} was trained on a subject without a spec; use the Python API", EXIT["usage"])
         subject_spec, layer = sub["spec"], sub.get("layer")
-    else:
-        subject_spec, layer = str(model.config.get("own_subject") or f"baseline:{model.name}"), None
-    if subject_spec.startswith("baseline:") and args.root:
+    else:  # its own classifier (recorded as baseline:NAME by models trained before the rename)
+        own = str(model.config.get("own_subject") or f"trained:{model.name}")
+        subject_spec, layer = current_spec(own, warn=False), None
+    subject_spec = current_spec(subject_spec)
+    if subject_spec.startswith("trained:") and args.root:
         subject: Any = load_subject(subject_spec, layer, root=args.root)
     else:
         subject = load_subject(subject_spec, layer)
@@ -216,15 +229,20 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_baselines(args: argparse.Namespace) -> int:
-    if args.baselines_cmd == "list":
+def cmd_trained(args: argparse.Namespace) -> int:
+    if args.command in RENAMED_COMMANDS:
+        warn_deprecated(
+            f"`fiberscope {args.command}` is now `fiberscope {RENAMED_COMMANDS[args.command]}` "
+            f"(the old name is removed in fiberscope {REMOVED_IN})"
+        )
+    if args.trained_cmd == "list":
         return _list(args)
-    if args.baselines_cmd == "train":
+    if args.trained_cmd == "train":
         return _train(args)
-    if args.baselines_cmd == "sample":
+    if args.trained_cmd == "sample":
         return _sample(args)
-    if args.baselines_cmd == "show":
-        from ..baselines.common import model_dir, read_json
+    if args.trained_cmd == "show":
+        from ..trained.common import model_dir, read_json
 
         rec = read_json(model_dir(args.name, args.root) / "training.json")
         if rec is None:
@@ -233,4 +251,4 @@ def cmd_baselines(args: argparse.Namespace) -> int:
             )
         print(json.dumps({k: v for k, v in rec.items() if k != "loss_curve"}, indent=2))
         return 0
-    raise CLIError("baselines needs a subcommand: list, train, sample, show", EXIT["usage"])
+    raise CLIError(f"{args.command} needs a subcommand: list, train, sample, show", EXIT["usage"])

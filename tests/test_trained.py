@@ -1,4 +1,4 @@
-"""Trained invariance models (fiberscope.baselines) on tiny stand-ins: no zoo weights, a few training steps.
+"""Trained invariance models (fiberscope.trained) on tiny stand-ins: no zoo weights, a few training steps.
 
 Stand-ins: a ``ConvVAE(latent_dim=4, width=8)`` codec, a 6-d colour-blind embedding, a tiny UNet on
 8×8 images with ``TinyCNN``'s conv map as φ, and a tiny supervised VAE. Each model trains 2–3 steps
@@ -16,21 +16,21 @@ import torch
 
 import fiberscope as fs
 from conftest import TinyCNN, tiny_unet
-from fiberscope.baselines import (
+from fiberscope.errors import NotTrainedError
+from fiberscope.models import ColorblindEmbed, ConvVAE, SmallCNN
+from fiberscope.priors.latent import LatentPrior
+from fiberscope.trained import (
     RECIPES,
     TRAIN_ORDER,
     Codec,
     ConditionalFlowMatching,
     ConditionalINN,
     FeatInvUNet,
-    TrainedBaseline,
-    load_baseline,
+    TrainedMethod,
+    load_trained,
 )
-from fiberscope.baselines import recipes as R
-from fiberscope.baselines.conditional_training import build_pairs
-from fiberscope.errors import BaselineNotTrainedError
-from fiberscope.models import ColorblindEmbed, ConvVAE, SmallCNN
-from fiberscope.priors.latent import LatentPrior
+from fiberscope.trained import recipes as R
+from fiberscope.trained.conditional_training import build_pairs
 from fiberscope.training import TrainConfig
 
 
@@ -81,7 +81,7 @@ def _cond_recipe(model: str, lam: float) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, colour_pairs):
     """Tiny conditional models (flow matching λ = 1, INN λ = 0), FeatInv from a tiny pretrained UNet, an SVAE."""
-    root = tmp_path_factory.mktemp("baselines")
+    root = tmp_path_factory.mktemp("trained")
     for model, lam in [("cfm", 1.0), ("inn", 0.0)]:
         meta = R.fit_conditional(f"t-{model}", _cond_recipe(model, lam), _cfg(), root / f"t-{model}", colour_pairs,
                                  log=_quiet)  # fmt: skip
@@ -161,7 +161,7 @@ def test_conditional_training_resumes_on_the_same_path(tmp_path, colour_pairs):
     assert not first["finished"] and first["step"] == 1 and not (tmp_path / "b" / "model.safetensors").exists()
     resumed = R.fit_conditional("b", recipe, _cfg(3), tmp_path / "b", colour_pairs, log=_quiet)
     assert resumed["finished"] and resumed["step"] == 3
-    a, b = load_baseline(str(tmp_path / "a")).net.state_dict(), load_baseline(str(tmp_path / "b")).net.state_dict()
+    a, b = load_trained(str(tmp_path / "a")).net.state_dict(), load_trained(str(tmp_path / "b")).net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     rec = json.loads((tmp_path / "a" / "training.json").read_text())
     assert rec["steps"] == 3 and rec["hardware"] and rec["total_wall_seconds"] >= rec["wall_seconds"] > 0
@@ -197,7 +197,7 @@ def test_recipes_cover_the_issue_and_validate_their_settings(tmp_path):
             R.resolve_recipe("svae-mnist", bad)
     with pytest.raises(ValueError, match="unknown training override"):
         R.resolve_recipe("svae-mnist", overrides={"stepz": 1})
-    with pytest.raises(ValueError, match="no baseline recipe"):
+    with pytest.raises(ValueError, match="no recipe named"):
         R.train("cfm-l3", root=tmp_path)
 
 
@@ -206,10 +206,10 @@ def test_recipes_cover_the_issue_and_validate_their_settings(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["t-cfm", "t-inn"])
-def test_latent_baselines_sample_per_sample_and_return_the_priors_states(trained, colour_pairs, name):
+def test_latent_models_sample_per_sample_and_return_the_priors_states(trained, colour_pairs, name):
     d = str(trained["root"] / name)
-    model = load_baseline(d)
-    method = TrainedBaseline(d)
+    model = load_trained(d)
+    method = TrainedMethod(d)
     subject = colour_pairs.subject
     q = colour_pairs.eval_images[:1]
     prior = model.output_prior()
@@ -242,12 +242,12 @@ def test_featinv_samples_per_sample_on_a_pixel_prior(trained):
     d = str(trained["root"] / "t-featinv")
     subj, imgs = trained["subject8"], trained["images8"]
     prior = fs.CallablePrior(tiny_unet(), fs.VPSchedule.linear(), "eps", state_shape=(1, 8, 8), name="toy-prior")
-    m = TrainedBaseline(d)
+    m = TrainedMethod(d)
     a = fs.sample_fiber(subj, imgs[:1], prior, n=3, method=m, seed=1, batch_size=1, progress=False)
     b = fs.sample_fiber(subj, imgs[:1], prior, n=3, method=m, seed=1, batch_size=3, progress=False)
     assert (a.images - b.images).abs().max() <= 1e-4
     assert a.images.abs().max() <= 1.0 and a.counts["prior_forwards"] == 3 * 2  # 3 steps, CFG doubles
-    one = TrainedBaseline(d, steps=2, guidance_scale=1.0)
+    one = TrainedMethod(d, steps=2, guidance_scale=1.0)
     assert fs.sample_fiber(subj, imgs[:1], prior, n=1, method=one, progress=False).counts["prior_forwards"] == 2
     # the subject it was trained on, and nothing else
     with pytest.raises(ValueError, match="trained on φ = TinyCNN@conv"):
@@ -255,10 +255,8 @@ def test_featinv_samples_per_sample_on_a_pixel_prior(trained):
 
 
 def test_svae_fibers_keep_the_task_code_and_its_head_is_a_subject(trained):
-    import fiberscope.baselines  # noqa: F401  (registers the baseline: prefix)
-
     root = str(trained["root"])
-    model = load_baseline("svae-mnist", root=root)
+    model = load_trained("svae-mnist", root=root)
     x = trained["images28"][:2]
     noise = fs.SampleNoise([5, 6])
     out, evals = model.sample(x, noise)
@@ -268,37 +266,37 @@ def test_svae_fibers_keep_the_task_code_and_its_head_is_a_subject(trained):
     nuis = torch.stack([torch.randn(net.nuisance_dims, generator=gi) for gi in g])
     with torch.no_grad():
         assert torch.allclose(out, net.vae.decode(torch.cat([net.task(x), nuis], 1)), atol=1e-6)
-    head = fs.load_subject("baseline:svae-mnist", root=root)
-    assert head.name == "baseline:svae-mnist" and head(x, (-1, 1)).shape == (2, 10)
-    assert fs.load_subject("baseline:svae-mnist", "task", root=root)(x, (-1, 1)).shape == (2, 2)
+    head = fs.load_subject("trained:svae-mnist", root=root)
+    assert head.name == "trained:svae-mnist" and head(x, (-1, 1)).shape == (2, 10)
+    assert fs.load_subject("trained:svae-mnist", "task", root=root)(x, (-1, 1)).shape == (2, 2)
     prior = model.output_prior()
-    res = fs.sample_fiber(head, x[:1], prior, n=3, method=TrainedBaseline("svae-mnist", root=root), progress=False)
+    res = fs.sample_fiber(head, x[:1], prior, n=3, method=TrainedMethod("svae-mnist", root=root), progress=False)
     assert res.fiber_loss.shape == (3,) and res.images.shape == (3, 1, 28, 28)
     rec = json.loads((trained["root"] / "svae-mnist" / "training.json").read_text())
     assert {"head_accuracy", "fiber_rms_own_head", "fiber_rms_reference"} <= set(rec["eval"])
     with pytest.raises(ValueError, match="no classifier of its own"):
-        fs.load_subject(f"baseline:{trained['root'] / 't-cfm'}")
+        fs.load_subject(f"trained:{trained['root'] / 't-cfm'}")
 
 
-def test_untrained_baselines_fail_early_with_the_training_command(tmp_path):
-    with pytest.raises(BaselineNotTrainedError, match="fiberscope baselines train cfm-l10"):
-        TrainedBaseline("cfm-l10", root=str(tmp_path))
+def test_untrained_models_fail_early_with_the_training_command(tmp_path):
+    with pytest.raises(NotTrainedError, match="fiberscope trained train cfm-l10"):
+        TrainedMethod("cfm-l10", root=str(tmp_path))
     with pytest.raises(ValueError, match="model must name"):
-        TrainedBaseline("")
-    with pytest.raises(BaselineNotTrainedError, match="fiberscope baselines train"):
-        load_baseline("svae-mnist", root=tmp_path)
+        TrainedMethod("")
+    with pytest.raises(NotTrainedError, match="fiberscope trained train"):
+        load_trained("svae-mnist", root=tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the bench and the CLI
 
 
-def test_bench_runs_a_trained_baseline_on_its_own_pair_only(trained, tmp_path):
+def test_bench_runs_a_trained_model_on_its_own_pair_only(trained, tmp_path):
     from fiberscope.bench import run_bench
     from fiberscope.methods import method_from_spec
 
     d = str(trained["root"] / "t-featinv")
-    assert isinstance(method_from_spec({"name": "trained", "model": d, "pairs": []}), TrainedBaseline)
+    assert isinstance(method_from_spec({"name": "trained", "model": d, "pairs": []}), TrainedMethod)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(30, 1, 8, 8, generator=g) * 2 - 1
     labels = torch.randint(0, 6, (30,), generator=g)
@@ -310,7 +308,7 @@ def test_bench_runs_a_trained_baseline_on_its_own_pair_only(trained, tmp_path):
         },
         "priors": ["toy-prior"],
         "subjects": ["tiny-cnn@conv", "tiny-cnn@head"],
-        "queries": 2, "seeds": [0], "n": 2, "real": 10, "baselines": [], "metric": "rms",
+        "queries": 2, "seeds": [0], "n": 2, "real": 10, "references": [], "metric": "rms",
         "datasets": {"toy-prior": "toy", "tiny-cnn": "toy"},
         "reference": {"toy": "toy-ref"}, "classifier": {"toy": "toy-ref"},
     }  # fmt: skip
@@ -325,41 +323,82 @@ def test_bench_runs_a_trained_baseline_on_its_own_pair_only(trained, tmp_path):
     assert "training (min)" in md and "s / fiber" in md and "| `featinv` |" in md
 
 
-def test_cli_lists_shows_and_samples_a_trained_baseline(trained, tmp_path, capsys):
+def test_cli_lists_shows_and_samples_a_trained_model(trained, tmp_path, capsys):
     from fiberscope.cli import main
 
     root = str(trained["root"])
-    assert main(["baselines", "list", "--root", root]) == 0
+    assert main(["trained", "list", "--root", root]) == 0
     out = capsys.readouterr().out
     assert "svae-mnist" in out and "min" in out and "not trained" in out
-    assert main(["baselines", "show", "svae-mnist", "--root", root]) == 0
+    assert main(["trained", "show", "svae-mnist", "--root", root]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 2
-    rc = main(["baselines", "sample", "svae-mnist", "--root", root, "--test-index", "0", "3", "--n", "2",
+    rc = main(["trained", "sample", "svae-mnist", "--root", root, "--test-index", "0", "3", "--n", "2",
                "--out", str(tmp_path / "f"), "-q"])  # fmt: skip
     assert rc == 0 and (tmp_path / "f" / "test00003" / "record.json").exists()
     assert "fiber loss" in capsys.readouterr().out
-    rc = main(["baselines", "sample", "svae-mnist", "--root", root, "--test-index", "0", "--n", "2", "--subject",
+    rc = main(["trained", "sample", "svae-mnist", "--root", root, "--test-index", "0", "--n", "2", "--subject",
                "builtin:mnist-cnn", "--layer", "logits", "--out", str(tmp_path / "g"), "-q"])  # fmt: skip
     assert rc == 0 and json.loads((tmp_path / "g" / "record.json").read_text())["config"]["subject"]["name"] == (
         "builtin:mnist-cnn"
     )
-    assert main(["baselines", "train", "nope", "--root", root]) == 2
-    assert "no baseline recipe" in capsys.readouterr().err
-    assert main(["baselines", "sample", "cfm-l10", "--root", str(tmp_path), "--test-index", "0"]) == 7  # not trained
-    assert "fiberscope baselines train cfm-l10" in capsys.readouterr().err
+    assert main(["trained", "train", "nope", "--root", root]) == 2
+    assert "no recipe named" in capsys.readouterr().err
+    assert main(["trained", "sample", "cfm-l10", "--root", str(tmp_path), "--test-index", "0"]) == 7  # not trained
+    assert "fiberscope trained train cfm-l10" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_cli_trains_a_real_recipe_end_to_end(tmp_path, capsys):
-    """`fiberscope baselines train svae-mnist --steps 2` on the real MNIST training split (needs it cached)."""
+    """`fiberscope trained train svae-mnist --steps 2` on the real MNIST training split (needs it cached)."""
     from fiberscope.cli import main
     from fiberscope.data.mnist import find_idx_dir
 
     if find_idx_dir("mnist", "train") is None:
         pytest.skip("the MNIST training split is not cached here (fiberscope data fetch mnist)")
     root = str(tmp_path)
-    assert main(["baselines", "train", "svae-mnist", "--steps", "2", "--threads", "1", "--root", root, "-q"]) == 0
+    assert main(["trained", "train", "svae-mnist", "--steps", "2", "--threads", "1", "--root", root, "-q"]) == 0
     rec = json.loads((Path(root) / "svae-mnist" / "training.json").read_text())
-    assert rec["command"] == "fiberscope baselines train svae-mnist --steps 2" and rec["steps"] == 2
-    assert main(["baselines", "train", "svae-mnist", "--steps", "2", "--root", root]) == 0  # already trained
+    assert rec["command"] == "fiberscope trained train svae-mnist --steps 2" and rec["steps"] == 2
+    assert main(["trained", "train", "svae-mnist", "--steps", "2", "--root", root]) == 0  # already trained
     assert "already trained" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the old names ("baseline" meant these models too, until issue 22): they work for one release and say so
+
+
+def test_the_old_spellings_of_trained_models_still_work_and_say_so(trained, tmp_path, capsys, monkeypatch):
+    import fiberscope.baselines as old_package
+    from fiberscope.cli import main
+    from fiberscope.trained.common import trained_root
+
+    root = str(trained["root"])
+    with pytest.warns(DeprecationWarning, match=r"fiberscope\.baselines\.TrainedBaseline has moved to "):
+        assert old_package.TrainedBaseline is TrainedMethod
+    with pytest.warns(DeprecationWarning, match=r"fiberscope\.trained\.model\.load_trained"):
+        from fiberscope.baselines.model import load_baseline
+    assert load_baseline is load_trained
+    with pytest.warns(DeprecationWarning, match="spelled trained:svae-mnist now"):
+        assert fs.load_subject("baseline:svae-mnist", root=root).name == "trained:svae-mnist"
+    # the command group's old name runs it, hidden from --help, with one line on stderr
+    assert main(["baselines", "show", "svae-mnist", "--root", root]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["steps"] == 2
+    assert "fiberscope: deprecated: `fiberscope baselines` is now `fiberscope trained`" in cap.err
+    assert len(cap.err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert "trained invariance models" in listed and "    baselines" not in listed
+    # the old environment variable and cache directory are still read
+    monkeypatch.delenv("FIBERSCOPE_TRAINED_DIR", raising=False)
+    monkeypatch.setenv("FIBERSCOPE_BASELINES_DIR", str(tmp_path / "old"))
+    with pytest.warns(DeprecationWarning, match=r"use \$FIBERSCOPE_TRAINED_DIR"):
+        assert trained_root() == tmp_path / "old"
+    monkeypatch.delenv("FIBERSCOPE_BASELINES_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".cache" / "fiberscope" / "baselines").mkdir(parents=True)
+    with pytest.warns(DeprecationWarning, match="move it there"):
+        assert trained_root() == tmp_path / ".cache" / "fiberscope" / "baselines"
+    (tmp_path / ".cache" / "fiberscope" / "trained").mkdir()
+    assert trained_root() == tmp_path / ".cache" / "fiberscope" / "trained"
