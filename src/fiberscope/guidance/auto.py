@@ -120,15 +120,18 @@ class AutoNDTM(LossSetting, SamplingSettings):
     def __post_init__(self) -> None:
         self.check_sampling()
         self.check_loss()
-        for nm, lo, hi in (
-            ("rho", 0.0, 1.0),
-            ("max_step", 0.0, 100.0),
-            ("start", 0.0, 1.0),
-            ("polish_start", -1e-12, 1.0),
+        for nm, lo, hi, zero_ok in (
+            ("rho", 0.0, 1.0, False),
+            ("max_step", 0.0, 100.0, False),
+            ("start", 0.0, 1.0, False),
+            ("polish_start", 0.0, 1.0, True),
         ):
             v = getattr(self, nm)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
-                raise ValueError(f"{nm} must be a number in ({max(lo, 0):g}, {hi:g}], got {v!r}")
+            ok = (
+                isinstance(v, (int, float)) and not isinstance(v, bool) and (lo <= v if zero_ok else lo < v) and v <= hi
+            )
+            if not ok:
+                raise ValueError(f"{nm} must be a number in {'[' if zero_ok else '('}{lo:g}, {hi:g}], got {v!r}")
         for nm in ("inner_steps", "polish_steps"):
             v = getattr(self, nm)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1000:
@@ -189,7 +192,9 @@ class AutoNDTM(LossSetting, SamplingSettings):
             if self.track_loss and last is not None:
                 history.append(float(last.mean()))
             if callback is not None:
-                callback({"step": i, "t": t, "x": x, "x0": x0, "gamma": float(n_inner > 0), "cost": last, "steps": K})
+                callback(
+                    {"step": i, "t": t, "x": x, "x0": x0, "cost": last, "steps": K, "polyak_steps": n_inner, "rho": rho}
+                )
         sample = x0 if self.output == "x0" else x
         return Trajectory(sample=sample, x=x, x0=x0, loss_history=history)
 
