@@ -35,7 +35,8 @@ method                         extra keys
 ============================== ================================================================
 NDTM                           ``gamma`` (γ(t)), ``lr`` (the control's learning rate),
                                ``w_control`` (κ), ``w_score`` (τ)
-AutoNDTM                       ``polyak_steps`` (the step's control steps, 0: unguided), ``rho`` (their ρ)
+AutoNDTM                       ``polyak_steps`` (the step's control steps, 0: unguided),
+                               ``rho`` (their ρ)
 DPS, FreeDoM, UGD, MPGD, TFG   ``rho`` (ρ_t, the x_t-gradient strength), ``mu`` (μ_t, the
                                x0-gradient strength) of the step's plan
 PixelOptimization              ``lr`` (the iteration's learning rate)
