@@ -88,7 +88,7 @@ def build_priors(root: Path) -> dict[str, fs.Prior]:
 
 
 def query_for(prior: fs.Prior) -> torch.Tensor:
-    shape = tuple(getattr(prior, "image_shape", None) or prior.data_shape)
+    shape = tuple(prior.image_shape)
     g = torch.Generator().manual_seed(11)
     return (torch.rand((1, *shape), generator=g) * 1.8 - 0.9).float()
 

@@ -135,7 +135,7 @@ def run_demo(
     )
     report.paragraph(
         "How to read a grid: the first image is the query, the second is the real test image whose features "
-        "are closest to the query's (the nearest-neighbour baseline), and the rest are samples from the fiber: "
+        "are closest to the query's (the nearest-neighbour reference), and the rest are samples from the fiber: "
         "images the subject maps to (almost) the same features. The number under each image is its fiber "
         "loss, the squared L2 distance between its features and the query's. A sampler does its job when "
         "the samples' losses are well below the nearest real image's, while the samples still look like "

@@ -111,8 +111,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """
     from ..api import sample_fiber
     from ..audit.manifest import query_digest
-    from ..audit.runner import ModelCache, RunOptions
     from ..audit.store import Staging, held, install, lock_for, remove_stale_staging, seal
+    from ..audit.unit import ModelCache, RunOptions
     from ..data.query import IMAGE_SUFFIXES, load_query
     from ..runtime import runtime_kwargs
     from ..utils import sigterm_as_interrupt
