@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common_pairs import ZOO_PAIRS, Judge, load_pair_prior, parse_pair, run_method, unguided_for
 
 import fiberscope as fs
-from fiberscope.guidance.auto import resolve_method
+from fiberscope.guidance.ndtm import resolve_method
 from fiberscope.utils import atomic_write_json
 
 LOSS_RATIO, CLASS_KEPT, REALISM_RATIO = 1 / 50, 0.9, 1.3

@@ -101,7 +101,7 @@ def test_every_dotted_name_on_the_page_resolves() -> None:
                 continue
         checked.append(name)
     # the data flow names a function at every arrow: these must be among the names checked
-    for must in ("api.sample_fiber", "loading.load_prior", "guidance.auto.resolve_method", "sampling.draw_rows",
+    for must in ("api.sample_fiber", "loading.load_prior", "guidance.ndtm.resolve_method", "sampling.draw_rows",
                  "priors.base.Prior.denoise", "guidance.base.StepRule.step", "api.FiberSamples",
                  "report.results.write_results_report", "loading.load_subject", "data.query.load_query"):  # fmt: skip
         assert must in checked, must

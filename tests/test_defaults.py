@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import fiberscope as fs
-from fiberscope.guidance.auto import AutoNDTM, NotGuidedWarning, polyak_step, resolve_method
+from fiberscope.guidance.auto import AutoNDTM, NotGuidedWarning, polyak_step
+from fiberscope.guidance.ndtm import resolve_method
 from fiberscope.priors import GaussianMixturePrior
 
 

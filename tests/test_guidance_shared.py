@@ -124,7 +124,7 @@ def test_presets_moved_from_ndtm_with_a_warning():
 COMMON = {"step", "t", "x", "x0", "cost", "steps"}
 EXTRA = {
     "ndtm": {"gamma", "lr", "w_control", "w_score"},
-    "auto": {"gamma"},
+    "auto": {"polyak_steps", "rho"},
     "unguided": {"gamma"},
     "dps": {"rho", "mu"},
     "freedom": {"rho", "mu"},

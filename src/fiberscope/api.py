@@ -32,8 +32,9 @@ from .acceptance import acceptance_summary, check_resample, check_tolerance, nn_
 from .counting import CallCounter
 from .data.query import load_query
 from .errors import ParameterError, ParameterTypeError
-from .guidance.auto import NotGuidedWarning, resolve_method, strength_hint
+from .guidance.auto import NotGuidedWarning, strength_hint
 from .guidance.base import FiberObjective, GuidanceMethod, SampleNoise
+from .guidance.ndtm import resolve_method
 from .guidance.unguided import Unguided
 from .loading import load_prior, load_subject
 from .losses import LOSSES

@@ -81,7 +81,7 @@ def method_from_spec(spec: Any, overrides: Mapping[str, Any] | None = None, prio
             ``{"name": ..., **settings}`` (with ``per_prior`` and ``pairs``, see the module),
             ``{"name": "trained", "model": NAME}``, a :class:`GuidanceMethod` (returned as is), or
             None (``NDTM()`` with the settings not in ``overrides`` left open, which
-            :func:`~fiberscope.guidance.auto.resolve_method` turns into the default when sampling:
+            :func:`~fiberscope.guidance.ndtm.resolve_method` turns into the default when sampling:
             the scale-free :class:`~fiberscope.guidance.auto.AutoNDTM`, or the prior's registered
             NDTM preset for settings only NDTM has).
         overrides: settings that win over the spec's (e.g. from command-line flags).

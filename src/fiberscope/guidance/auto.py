@@ -37,11 +37,12 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .._deprecated import moved
 from ..priors.base import Prior
 from .base import (
     FiberObjective,
@@ -54,7 +55,15 @@ from .base import (
     check_finite,
 )
 
-__all__ = ["AutoNDTM", "NotGuidedWarning", "polyak_step", "resolve_method", "unguided_reference"]
+__all__ = [
+    "AutoNDTM",
+    "NotGuidedWarning",
+    "polyak_step",
+    "registered_preset",
+    "scale_free_default",
+    "strength_hint",
+    "unguided_reference",
+]
 
 
 def polyak_step(
@@ -201,21 +210,6 @@ class AutoNDTM(LossSetting, SamplingSettings):
 
 # ---- defaults per prior ------------------------------------------------------------------------
 
-#: NDTM settings that mean the same in :class:`AutoNDTM`: given alone, they keep the scale-free default.
-SHARED_SETTINGS = (
-    "steps",
-    "inner_steps",
-    "loss",
-    "sampler",
-    "eta",
-    "variance",
-    "clip",
-    "output",
-    "init",
-    "strength",
-    "track_loss",
-)
-
 
 class NotGuidedWarning(UserWarning):
     """Guided samples ended with a fiber loss above half the unguided level: the guidance barely steered them."""
@@ -240,50 +234,6 @@ def scale_free_default(prior: Any, **settings: Any) -> AutoNDTM:
     if getattr(schedule, "kind", None) == "flow":
         settings.setdefault("sampler", "euler")
     return AutoNDTM(**settings)
-
-
-def resolve_method(method: GuidanceMethod | None, prior: Any) -> tuple[GuidanceMethod, dict[str, Any]]:
-    """The method that actually runs on ``prior``, and where its settings came from.
-
-    ``None`` and an ``NDTM`` with settings left open whose given settings all mean the same in
-    :class:`AutoNDTM` (:data:`SHARED_SETTINGS`: ``NDTM()``, ``NDTM(steps=50)``) run the scale-free
-    :class:`AutoNDTM` on every prior: it reached lower fiber losses than the zoo's tuned NDTM
-    presets at their cost, kept the query's class more often and was as realistic
-    (``docs/defaults.md``). An ``NDTM`` given settings of its own (``NDTM(lr=0.1)``: the user is
-    tuning NDTM itself) takes the rest from the prior's registered preset, else from NDTM's
-    defaults. A preset (``NDTM.preset(name)``) and any other method run as given.
-
-    Returns:
-        ``(method, {"source": "scale-free" | "preset" | "given", "preset": name or None, "given": [...]})``.
-
-    Example:
-        >>> from fiberscope import NDTM, GaussianPrior
-        >>> m, how = resolve_method(NDTM(steps=20), GaussianPrior(dim=2))
-        >>> type(m).__name__, m.steps, how["source"]
-        ('AutoNDTM', 20, 'scale-free')
-        >>> type(resolve_method(None, "builtin:mnist-ddpm")[0]).__name__
-        'AutoNDTM'
-        >>> resolve_method(NDTM(lr=0.1), "builtin:mnist-ddpm")[1]["preset"]
-        'builtin-mnist'
-    """
-    from .ndtm import NDTM
-
-    if method is None:
-        method = NDTM()
-    if not isinstance(method, NDTM):
-        return method, {"source": "given", "preset": None, "given": None}
-    if not method.open_settings:
-        return method, {"source": "preset" if method._preset else "given", "preset": method._preset, "given": None}
-    given = {k: getattr(method, k) for k in sorted(method._given)}
-    if set(given) <= set(SHARED_SETTINGS):
-        return scale_free_default(prior, **given), {"source": "scale-free", "preset": None, "given": sorted(given)}
-    preset = registered_preset(prior)
-    if preset is not None:
-        out = NDTM.preset(preset, **given)
-        return out, {"source": "preset", "preset": preset, "given": sorted(given)}
-    full = replace(method)
-    full._given = frozenset(f.name for f in fields(full))
-    return full, {"source": "given", "preset": None, "given": sorted(given)}
 
 
 def strength_hint(method: GuidanceMethod) -> str:
@@ -318,3 +268,13 @@ def unguided_reference(prior: Prior, objective: FiberObjective, x_init: torch.Te
     m = Unguided(steps=steps, sampler="euler" if flow else "ddim", eta=0.0)
     traj = m.run(prior, objective, x_init, SampleNoise([0] * x_init.shape[0], x_init.device))
     return objective.features(traj.sample).float()
+
+
+# moved to fiberscope.guidance.ndtm (they need NDTM, and NDTM's run needs them: one module, no import cycle)
+__getattr__ = moved(
+    __name__,
+    {
+        "resolve_method": "fiberscope.guidance.ndtm:resolve_method",
+        "SHARED_SETTINGS": "fiberscope.guidance.ndtm:SHARED_SETTINGS",
+    },
+)

@@ -34,10 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hub import check_weights, offline_hub
+from ..hub import offline_hub
+from .hf_loading import load_config, load_model, load_processor
 from .hooks import LayerExtractor
 from .library import LayerSpec, LibrarySubject, Multi, as_index, layer_list, local_or_hub, require
 from .preprocess import from_hf_processor
+from .vlm import load_vlm_subject, vlm_layers
 
 __all__ = ["HFVisionFeatures", "hf_layers", "load_hf_subject"]
 
@@ -53,34 +55,6 @@ def _resolve_dir(name: str, spec: str) -> Path:
             f"{spec!r}: expected a Hugging Face id 'org/name' (cached), a local directory or local-dir:PATH after 'hf:'"
         )
     return directory
-
-
-def load_config(directory: Path, spec: str) -> Any:
-    tr = require("transformers", spec)
-    with offline_hub():
-        return tr.AutoConfig.from_pretrained(str(directory), local_files_only=True)
-
-
-def load_model(directory: Path, spec: str, trust_pickle: bool, auto: str = "AutoModel") -> nn.Module:
-    """``AutoModel.from_pretrained`` from safetensors (or trusted pickles), offline, frozen."""
-    tr = require("transformers", spec)
-    fmt = check_weights(directory, trust_pickle=trust_pickle, what=spec)
-    with offline_hub():
-        model = getattr(tr, auto).from_pretrained(
-            str(directory), local_files_only=True, use_safetensors=fmt == "safetensors"
-        )
-    return model.eval().requires_grad_(False)
-
-
-def load_processor(directory: Path, spec: str) -> Any:
-    tr = require("transformers", spec)
-    if not (directory / "preprocessor_config.json").is_file():
-        raise FileNotFoundError(
-            f"{spec}: {directory} has no preprocessor_config.json, so its preprocessing is unknown; pass "
-            "preprocess= to load_subject (e.g. fiberscope.subjects.Preprocess(resize=..., mean=..., std=...))"
-        )
-    with offline_hub():
-        return tr.AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
 
 
 def _vision(model: nn.Module) -> nn.Module:
@@ -239,8 +213,6 @@ def load_hf_subject(
     directory = _resolve_dir(name, spec)
     config = load_config(directory, spec)
     if getattr(config, "model_type", "") in VLM_TYPES:
-        from .vlm import load_vlm_subject
-
         return load_vlm_subject(directory, layer, spec=spec, trust_pickle=trust_pickle, model=model)
     net = model if model is not None else load_model(directory, spec, trust_pickle)
     net.eval().requires_grad_(False)
@@ -262,8 +234,6 @@ def hf_layers(name: str, **_: Any) -> list[tuple[str, str]]:
     directory = _resolve_dir(name, spec)
     config = load_config(directory, spec)
     if getattr(config, "model_type", "") in VLM_TYPES:
-        from .vlm import vlm_layers
-
         return vlm_layers(config)
 
     with offline_hub():

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .hf_loading import load_model, load_processor
 from .library import LayerSpec, LibrarySubject, layer_list
 from .preprocess import Preprocess, _get
 
@@ -108,8 +109,6 @@ def load_vlm_subject(
     model: nn.Module | None = None,
 ) -> LibrarySubject:
     """A Qwen2-VL(-family) vision tower as a subject (called by ``hf:`` for ``qwen2_vl`` configs)."""
-    from .transformers import load_model, load_processor
-
     parsed = layer_list(layer)
     names = parsed[0] if parsed is not None else ["mean"]
     if len(names) != 1 or str(names[0]) not in ("mean", "tokens"):
