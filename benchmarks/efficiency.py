@@ -196,32 +196,50 @@ def run_pair(
     return out
 
 
+def _verdict(m: dict[str, Any]) -> str:
+    """One line for a plot's title: the matched cost ratio, or why there is none."""
+    if m.get("label") is not None:
+        return f"cost ratio {m['cost_ratio']:.2g} at matched loss, realism ratio {m['realism_ratio']:.2g}"
+    best = m.get("at_new_best")
+    if not best:
+        return "AutoNDTM did not reach the target"
+    return (
+        f"AutoNDTM did not reach the target;\nat its best loss ({best['loss']:.2g}) cost ratio {best['cost_ratio']:.2g}"
+    )
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import io
 
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
     for ax, res in zip(axes[0], results):
+        all_fe = [p["forward_equivalents"] for side in ("reference", "new") for p in res[side]]
         for side, colour, name in (("reference", "tab:blue", "NDTM (reference)"), ("new", "tab:red", "AutoNDTM")):
             pts = res[side]
             fe = [p["forward_equivalents"] for p in pts]
             ax.scatter(fe, [p["fiber_loss_mean"] for p in pts], c=colour, s=22, label=f"{name} mean")
             ax.scatter(fe, [p["fiber_loss_median"] for p in pts], c=colour, s=22, marker="x", label=f"{name} median")
-            front = [p for p in pts if p["label"] in res[f"{side}_front"]]
+            front = sorted(
+                (p for p in pts if p["label"] in res[f"{side}_front"]), key=lambda p: p["forward_equivalents"]
+            )
             ax.plot([p["forward_equivalents"] for p in front], [p["fiber_loss_mean"] for p in front], c=colour, lw=1)
         ax.axhline(res["target"]["fiber_loss_mean"], c="grey", ls="--", lw=0.8, label="target (reference best)")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("forward-equivalents per sample")
-        ax.set_ylabel("fiber loss (sq_l2)")
-        m = res["matched"]
-        ax.set_title(
-            f"{res['pair']}\ncost ratio {m['cost_ratio']:.2g}, realism ratio {m['realism_ratio']:.2g}", fontsize=9
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(
+            [t for t in (50, 100, 200, 500, 1000, 2000, 5000, 10000) if min(all_fe) / 1.5 <= t <= max(all_fe) * 1.5]
         )
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("forward-equivalents per sample (front: lines)")
+        ax.set_ylabel("fiber loss (sq_l2)")
+        ax.set_title(f"{res['pair']}\n{_verdict(res['matched'])}", fontsize=9)
         ax.legend(fontsize=6)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -240,7 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="efficiency-out")
+    ap.add_argument(
+        "--replot", nargs="+", metavar="JSON", help="only redraw the plot of earlier runs' JSON files into --out"
+    )
     args = ap.parse_args(argv)
+    if args.replot:
+        merged = [res for f in args.replot for res in json.loads(Path(f).read_text())["pairs"]]
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        plot(merged, Path(args.out) / "efficiency.png")
+        print(f"plot: {Path(args.out) / 'efficiency.png'} ({len(merged)} pairs)")
+        return 0
     torch.set_num_threads(args.threads)
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     if args.quick:

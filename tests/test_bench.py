@@ -383,3 +383,39 @@ def test_plot_error_bars_stay_on_a_log_axis_when_the_spread_exceeds_the_mean(tmp
         assert y - lo > 0 and hi > 0
     assert (0.245, [[0.9 * 0.245], [0.28]]) in [(y, [list(a) for a in e]) for y, e in bars]
     assert (8.8, [[2.0], [2.0]]) in [(y, [list(a) for a in e]) for y, e in bars]
+
+
+def test_efficiency_script_front_target_and_replot(tmp_path, capsys):
+    """benchmarks/efficiency.py: the Pareto front, the cheapest point at a loss, and a plot redrawn from JSON."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "efficiency.py"
+    spec = importlib.util.spec_from_file_location("efficiency", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def pt(label, fe, mean):
+        return {"label": label, "forward_equivalents": fe, "fiber_loss_mean": mean, "fiber_loss_median": mean / 3}
+
+    ref = [pt("a", 100, 1.0), pt("b", 200, 2.0), pt("c", 300, 0.1), pt("d", 400, 0.1), pt("e", 900, 0.01)]
+    assert [p["label"] for p in mod.pareto(ref)] == ["a", "c", "e"]  # b is beaten by a, d ties c at a higher cost
+    assert mod.cheapest_at(ref, 0.1)["label"] == "c"
+    assert mod.cheapest_at(ref, 1e-3) is None
+    new = [pt("x", 150, 0.5), pt("y", 250, 0.02)]
+    matched = {"label": None, "at_new_best": {"loss": 0.02, "cost_ratio": 250 / 900}}
+    assert "did not reach the target" in mod._verdict(matched) and "0.28" in mod._verdict(matched)
+    assert "cost ratio 0.3 at matched loss" in mod._verdict({"label": "y", "cost_ratio": 0.3, "realism_ratio": 1.0})
+    res = {
+        "pair": "p:s@l",
+        "reference": ref,
+        "new": new,
+        "reference_front": ["a", "c", "e"],
+        "new_front": ["x", "y"],
+        "target": {"fiber_loss_mean": 0.01, "forward_equivalents": 900, "label": "e"},
+        "matched": matched,
+    }
+    (tmp_path / "efficiency.json").write_text(json.dumps({"pairs": [res, res]}))
+    assert mod.main(["--replot", str(tmp_path / "efficiency.json"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "efficiency.png").stat().st_size > 10_000
+    assert "2 pairs" in capsys.readouterr().out
