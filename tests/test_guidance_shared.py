@@ -125,7 +125,7 @@ COMMON = {"step", "t", "x", "x0", "cost", "steps"}
 EXTRA = {
     "ndtm": {"gamma", "lr", "w_control", "w_score"},
     "auto": {"polyak_steps", "rho"},
-    "unguided": {"gamma"},
+    "unguided": set(),  # no guidance, no step size: nothing beyond the common keys
     "dps": {"rho", "mu"},
     "freedom": {"rho", "mu"},
     "ugd": {"rho", "mu"},

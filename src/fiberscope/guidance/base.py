@@ -40,7 +40,7 @@ AutoNDTM                       ``polyak_steps`` (the step's control steps, 0: un
 DPS, FreeDoM, UGD, MPGD, TFG   ``rho`` (ρ_t, the x_t-gradient strength), ``mu`` (μ_t, the
                                x0-gradient strength) of the step's plan
 PixelOptimization              ``lr`` (the iteration's learning rate)
-Unguided                       ``gamma``: 0.0 (no control)
+Unguided                       none (no control, no step size; it sent a filler ``gamma``: 0.0 until issue 22)
 ============================== ================================================================
 
 The batch driver (:func:`fiberscope.sampling.draw_rows`, behind :func:`fiberscope.sample_fiber` and

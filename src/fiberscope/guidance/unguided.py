@@ -54,5 +54,5 @@ class Unguided(SamplingSettings):
                 x = rule.step(x, x0, d, table[i], table[i + 1], noise)
                 check_finite(x, "the state", i, t)
                 if callback is not None:
-                    callback({"step": i, "t": t, "x": x, "x0": x0, "gamma": 0.0, "cost": None, "steps": len(times)})
+                    callback({"step": i, "t": t, "x": x, "x0": x0, "cost": None, "steps": len(times)})
         return Trajectory(sample=x0 if self.output == "x0" else x, x=x, x0=x0)
