@@ -217,8 +217,12 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
-    for ax, res in zip(axes[0], results):
+    cols = min(3, len(results))
+    rows = math.ceil(len(results) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
+    for ax, res in zip(axes.flat, results):
         all_fe = [p["forward_equivalents"] for side in ("reference", "new") for p in res[side]]
         for side, colour, name in (("reference", "tab:blue", "NDTM (reference)"), ("new", "tab:red", "AutoNDTM")):
             pts = res[side]
@@ -239,7 +243,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("forward-equivalents per sample (front: lines)")
         ax.set_ylabel("fiber loss (sq_l2)")
-        ax.set_title(f"{res['pair']}\n{_verdict(res['matched'])}", fontsize=9)
+        grid_name = f" ({res['grid_name']} grid)" if "grid_name" in res else ""
+        ax.set_title(f"{res['pair']}{grid_name}\n{_verdict(res['matched'])}", fontsize=9)
         ax.legend(fontsize=6)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -251,7 +256,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", default="mnist-ddpm:mnist-cnn@logits", help="comma-separated PRIOR:SUBJECT@LAYER")
-    ap.add_argument("--quick", action="store_true", help="one pair, a smaller grid, 2 queries × 2 samples")
+    ap.add_argument("--quick", action="store_true", help="one pair, a smaller grid, 4 queries × 2 samples")
     ap.add_argument("--queries", type=int)
     ap.add_argument("--n", type=int)
     ap.add_argument("--confirm", type=int, help="queries for the realism/diversity confirmation (default 24; quick 8)")
@@ -263,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.replot:
-        merged = [res for f in args.replot for res in json.loads(Path(f).read_text())["pairs"]]
+        merged = []
+        for f in args.replot:
+            record = json.loads(Path(f).read_text())
+            grid_name = "quick" if record.get("grid") == QUICK else "full"
+            merged += [{"grid_name": grid_name, **res} for res in record["pairs"]]
         Path(args.out).mkdir(parents=True, exist_ok=True)
         plot(merged, Path(args.out) / "efficiency.png")
         print(f"plot: {Path(args.out) / 'efficiency.png'} ({len(merged)} pairs)")
@@ -284,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in pairs:
         print(f"{spec}:", flush=True)
         res = run_pair(spec, grid, queries, n, args.seed, confirm, lambda s: print(s, flush=True))
+        res["grid_name"] = "quick" if args.quick else "full"
         results.append(res)
         m = res["matched"]
         t = res["target"]
