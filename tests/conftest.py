@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from audit_assets import one_thread as _one_thread
+
 # One intra-op thread: the test models are tiny, and on a machine busy with other work (a training
 # run, another test session) multi-threaded kernels can be tens of times slower than one thread.
 torch.set_num_threads(1)
@@ -41,6 +43,10 @@ class TinyCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.pool(self.conv(x)))
+
+
+#: torch on one CPU thread, whatever an earlier test set: ``pytestmark = pytest.mark.usefixtures("one_thread")``
+one_thread = pytest.fixture(_one_thread)
 
 
 @pytest.fixture

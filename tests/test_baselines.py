@@ -21,13 +21,7 @@ from conftest import TinyCNN, tiny_unet
 D = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: one thread is many times faster than two on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

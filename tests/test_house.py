@@ -30,22 +30,32 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = SRC / "fiberscope"
 
+#: ``fiberscope.baselines`` and its modules: only deprecated aliases of ``fiberscope.trained`` now.
+OLD_BASELINES = (
+    "fiberscope.baselines",
+    *(
+        f"fiberscope.baselines.{m}"
+        for m in (
+            "cfm",
+            "common",
+            "conditional_training",
+            "featinv",
+            "featinv_training",
+            "flows",
+            "model",
+            "recipes",
+            "svae",
+            "svae_training",
+            "training_common",
+        )
+    ),
+)
+
 #: Modules that carry only deprecated aliases, and package ``__init__`` files that re-export their
 #: submodules: outside the layers (a layer cannot contain another), checked through the chains they are on.
 UNLAYERED = {
+    *OLD_BASELINES,
     "fiberscope",
-    "fiberscope.baselines",
-    "fiberscope.baselines.cfm",
-    "fiberscope.baselines.common",
-    "fiberscope.baselines.conditional_training",
-    "fiberscope.baselines.featinv",
-    "fiberscope.baselines.featinv_training",
-    "fiberscope.baselines.flows",
-    "fiberscope.baselines.model",
-    "fiberscope.baselines.recipes",
-    "fiberscope.baselines.svae",
-    "fiberscope.baselines.svae_training",
-    "fiberscope.baselines.training_common",
     "fiberscope.trained",
     "fiberscope.priors",
     "fiberscope.priors.loading",
@@ -65,18 +75,7 @@ ALIAS_MODULES = (
     "fiberscope.audit.runner",
     "fiberscope.audit.sharding",
     "fiberscope.audit.store",
-    "fiberscope.baselines",
-    "fiberscope.baselines.cfm",
-    "fiberscope.baselines.common",
-    "fiberscope.baselines.conditional_training",
-    "fiberscope.baselines.featinv",
-    "fiberscope.baselines.featinv_training",
-    "fiberscope.baselines.flows",
-    "fiberscope.baselines.model",
-    "fiberscope.baselines.recipes",
-    "fiberscope.baselines.svae",
-    "fiberscope.baselines.svae_training",
-    "fiberscope.baselines.training_common",
+    *OLD_BASELINES,
     "fiberscope.bench",
     "fiberscope.bench.config",
     "fiberscope.cli",

@@ -33,13 +33,7 @@ from fiberscope.trained import recipes as R
 from fiberscope.trained.conditional_training import build_pairs
 from fiberscope.training import TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(steps: int = 3, batch: int = 16) -> TrainConfig:

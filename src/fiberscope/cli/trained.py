@@ -12,7 +12,7 @@ from typing import Any
 
 from .._deprecated import REMOVED_IN, warn_deprecated
 from ..errors import EXIT, CLIError
-from .common import add_command, check_writable
+from .common import Formatter, add_command, check_writable
 
 __all__ = ["RENAMED_COMMANDS", "add_commands", "cmd_trained"]
 
@@ -23,6 +23,9 @@ fiberscope trained train cfm-l10 --max-minutes 20        # one; run again to con
 fiberscope trained train featinv-mnist --set init=none   # change a recipe setting
 fiberscope trained sample cfm-l10 --test-index 0 3 --n 8 --out fibers-cfm
 fiberscope trained sample svae-mnist --query digit.png --subject builtin:mnist-cnn --layer logits"""
+
+#: ``--root`` of every ``trained`` subcommand.
+ROOT_HELP = "where trained models live (default $FIBERSCOPE_TRAINED_DIR or ~/.cache/...)"
 
 
 def _parse_set(items: list[str] | None) -> dict[str, Any]:
@@ -60,18 +63,18 @@ def _add_group(subs: Any, name: str, hidden: bool = False) -> None:
         "list",
         help="list the recipes and whether they are trained",
         epilog="example:\n  fiberscope trained list",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
-    ls.add_argument("--root", help="where trained models live (default $FIBERSCOPE_TRAINED_DIR or ~/.cache/...)")
+    ls.add_argument("--root", help=ROOT_HELP)
 
     t = bs.add_parser(
         "train",
         help="train (or continue training) one model, or all of them in sequence",
         epilog="example:\n  fiberscope trained train all --threads 1   # run again to continue",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     t.add_argument("name", help="a recipe name (see `fiberscope trained list`) or 'all'")
-    t.add_argument("--root", help="where trained models live (default $FIBERSCOPE_TRAINED_DIR or ~/.cache/...)")
+    t.add_argument("--root", help=ROOT_HELP)
     t.add_argument("--data", help="directory with the MNIST idx files (default: searched)")
     t.add_argument("--max-minutes", type=float, help="stop after this long (all: in total); run again to resume")
     t.add_argument("--steps", type=int, help="override the recipe's number of training steps (smoke tests)")
@@ -83,7 +86,7 @@ def _add_group(subs: Any, name: str, hidden: bool = False) -> None:
         "sample",
         help="sample fibers of queries with a trained model",
         epilog="example:\n  fiberscope trained sample cfm-l10 --test-index 0 --n 8 --out fibers",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     s.add_argument("name", help="a trained model (name or directory)")
     s.add_argument("--query", nargs="+", default=[], help="query images (PNG, .npy, ...)")
@@ -92,7 +95,7 @@ def _add_group(subs: Any, name: str, hidden: bool = False) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--out", default="trained-fibers", help="output directory")
-    s.add_argument("--root", help="where trained models live")
+    s.add_argument("--root", help=ROOT_HELP)
     s.add_argument("--steps", type=int, help="ODE / denoising steps (default: as trained)")
     s.add_argument("--temperature", type=float, default=1.0, help="scale of the Gaussian codes")
     s.add_argument("--guidance-scale", type=float, help="FeatInv classifier-free guidance weight")
@@ -106,10 +109,10 @@ def _add_group(subs: Any, name: str, hidden: bool = False) -> None:
         "show",
         help="print a trained model's training record",
         epilog="example:\n  fiberscope trained show cfm-l10",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     sh.add_argument("name")
-    sh.add_argument("--root")
+    sh.add_argument("--root", help=ROOT_HELP)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Training of the FeatInv-style trained: a diffusion UNet conditioned on a subject's feature map.
+"""Training of the FeatInv-style trained model: a diffusion UNet conditioned on a subject's feature map.
 
 :func:`fit_featinv` fine-tunes a pretrained unconditional UNet (``builtin:mnist-ddpm``; or trains
 one from scratch, :data:`~fiberscope.models.UNET_28`) to denoise given φ(x) (conditions computed per
