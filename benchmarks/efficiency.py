@@ -47,8 +47,16 @@ import fiberscope as fs
 from fiberscope.guidance.auto import scale_free_default
 from fiberscope.utils import atomic_write_bytes, atomic_write_json
 
-FULL = {"K": [25, 50, 100, 200], "N": [1, 3, 5], "auto_K": [30, 50, 100], "auto_N": [1, 2], "auto_P": [2, 4, 8]}
-QUICK = {"K": [25, 50, 100], "N": [1, 3], "auto_K": [50, 100], "auto_N": [1, 2], "auto_P": [4]}
+FULL = {
+    "K": [25, 50, 100, 200],
+    "N": [1, 3, 5],
+    "auto_K": [40, 100],
+    "auto_N": [1, 2],
+    "auto_P": [2, 4],
+    "auto_G": [0, 8, 32],
+}
+QUICK = {"K": [25, 50, 100], "N": [1, 3], "auto_K": [40, 100], "auto_N": [2], "auto_P": [2], "auto_G": [0, 8, 32]}
+REFERENCE_KEYS = ("queries", "n", "seed", "preset", "reference", "reference_front", "target")
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 
 
@@ -74,8 +82,36 @@ def _point(r: dict[str, Any], judge: Judge, n: int, label: str, settings: dict[s
     return {**r, "label": label, "settings": settings}
 
 
+def earlier_reference(path: Path, spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: int, confirm: int):
+    """The reference side of ``spec`` from an earlier run's JSON, checked to be the same grid, queries and seed."""
+    record = json.loads(path.read_text())
+    for res in record["pairs"]:
+        if res["pair"] != spec:
+            continue
+        same = (
+            res["queries"] == queries
+            and res["n"] == n
+            and res["seed"] == seed
+            and res.get("confirm_queries") == confirm
+            and record["grid"]["K"] == grid["K"]
+            and record["grid"]["N"] == grid["N"]
+            and list(record["lr_factors"]) == list(LR_FACTORS)
+        )
+        if not same:
+            raise SystemExit(f"--reference-from {path}: its run of {spec} used another grid, query set or seed")
+        return res
+    raise SystemExit(f"--reference-from {path}: no run of {spec} in it")
+
+
 def run_pair(
-    spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: int, confirm: int, log: Any
+    spec: str,
+    grid: dict[str, list[Any]],
+    queries: int,
+    n: int,
+    seed: int,
+    confirm: int,
+    log: Any,
+    earlier: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     pair = parse_pair(spec)
     if not pair.tuned_preset:
@@ -85,8 +121,9 @@ def run_pair(
     subject = fs.load_subject(pair.subject, pair.layer)
     judge = Judge(pair, queries)
     base = fs.NDTM.preset(pair.tuned_preset)
-    reference, new = [], []
-    for K in grid["K"]:
+    reference: list[dict[str, Any]] = [] if earlier is None else earlier["reference"]
+    new: list[dict[str, Any]] = []
+    for K in grid["K"] if earlier is None else []:
         for N in grid["N"]:
             best = None
             for f in LR_FACTORS:
@@ -105,15 +142,16 @@ def run_pair(
     for K in grid["auto_K"]:
         for N in grid["auto_N"]:
             for P in grid["auto_P"]:
-                m = replace(default, steps=K, inner_steps=N, polish_steps=P)
-                label = f"AutoNDTM K={K} N={N} P={P}"
-                r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, label, m.config())
-                r["method"] = m
-                log(
-                    f"  auto K={K:3d} N={N} P={P}: mean {r['fiber_loss_mean']:.4g} median "
-                    f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
-                )
-                new.append(r)
+                for G in grid.get("auto_G", [0]):
+                    m = replace(default, steps=K, inner_steps=N, polish_steps=P, project_steps=G)
+                    label = f"AutoNDTM K={K} N={N} P={P} G={G}"
+                    r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, label, m.config())
+                    r["method"] = m
+                    log(
+                        f"  auto K={K:3d} N={N} P={P} G={G:2d}: mean {r['fiber_loss_mean']:.4g} median "
+                        f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
+                    )
+                    new.append(r)
     ref_front, new_front = pareto(reference), pareto(new)
     target = ref_front[-1]  # the front's best mean loss, at its cost
     match = cheapest_at(new, target["fiber_loss_mean"])
@@ -121,6 +159,11 @@ def run_pair(
     big = Judge(pair, confirm)
     compared = {"target": target, "matched": match if match is not None else new_front[-1]}
     confirmed: dict[str, Any] = {}
+    if earlier is not None:  # the same target, confirmed by the earlier run
+        if earlier["confirmed"]["target"]["label"] != target["label"]:
+            raise SystemExit("--reference-from: the earlier run confirmed another target point")
+        confirmed["target"] = earlier["confirmed"]["target"]
+        compared.pop("target")
     for key, p in compared.items():
         r = _point(run_method(prior, subject, big, p["method"], n, seed), big, n, p["label"], p["settings"])
         confirmed[key] = {
@@ -168,6 +211,7 @@ def run_pair(
             "label": target["label"],
         },
         "confirmed": confirmed,
+        "reference_from": None if earlier is None else earlier.get("reference_from") or "earlier run",
     }
     if match is not None:
         out["matched"] = {
@@ -253,6 +297,88 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _item4(m: dict[str, Any]) -> str:
+    """Item 4's verdict for a matched point: cost ≤ ⅓, realism ratio ≤ 1.1, diversity ratio ≥ 0.9."""
+    failed = [
+        name
+        for name, bad in (
+            ("cost", m["cost_ratio"] > 1 / 3),
+            ("realism", not m["realism_ratio"] <= 1.1),
+            ("diversity", not m["diversity_ratio"] >= 0.9),
+        )
+        if bad
+    ]
+    return "yes" if not failed else f"no ({', '.join(failed)})"
+
+
+def _row(side: str, r: dict[str, Any], extra: str = "") -> str:
+    lr = f" (lr {r['lr']:.3g})" if "lr" in r else ""
+    return (
+        f"| {side} | {r['label'].removeprefix('AutoNDTM ').removeprefix('NDTM ')}{lr}{extra} | "
+        f"{r['forward_equivalents']:,.0f} | {r['fiber_loss_mean']:.3g} | {r['fiber_loss_median']:.2g} | "
+        f"{r['class_kept']:.0%} | {r['realism_fd']:.3g} | {r['diversity']:.3g} |"
+    )
+
+
+def tables(records: list[tuple[str, dict[str, Any]]]) -> str:
+    """Markdown of runs (``(file name, record)``): a summary table, then both Pareto fronts per pair."""
+    summary = [
+        "| pair | grid | target (reference front's best: mean loss at fwd-eq) | AutoNDTM | cost ratio | "
+        "realism ratio | diversity ratio | item 4 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    out: list[str] = []
+    for name, record in records:
+        grid = "quick" if record.get("grid", {}).get("K") == QUICK["K"] else "full"
+        for p in record["pairs"]:
+            ref = {r["label"]: r for r in p["reference"]}
+            new = {r["label"]: r for r in p["new"]}
+            lrs = sorted({round(r["lr"], 4) for r in p["reference"]})
+            reused = f"; the reference side from `{p['reference_from']}`" if p.get("reference_from") else ""
+            out += [
+                f"### {p['pair']} ({grid} grid, {p['queries']} queries × {p['n']} samples)",
+                "",
+                f"Reference preset `{p['preset']}`; the best learning rate per (K, N) was "
+                + ", ".join(f"{x:g}" for x in lrs)
+                + f" (the preset's × {{⅓, 1, 3}}). JSON: `{name}`{reused}. Both Pareto fronts:",
+                "",
+                "| side | setting | fwd-eq / sample | mean fiber loss | median | class kept (judge) | FD | diversity |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+
+            for lab in sorted(p["reference_front"], key=lambda lb: ref[lb]["forward_equivalents"]):
+                out.append(_row("NDTM", ref[lab], " **target**" if lab == p["target"]["label"] else ""))
+            for lab in sorted(p["new_front"], key=lambda lb: new[lb]["forward_equivalents"]):
+                out.append(_row("AutoNDTM", new[lab], " **matched**" if lab == p["matched"].get("label") else ""))
+            m, t = p["matched"], p["target"]
+            c, ct = p["confirmed"]["matched"], p["confirmed"]["target"]
+            tgt = f"{t['label']}: {t['fiber_loss_mean']:.3g} at {t['forward_equivalents']:,.0f}"
+            if m["label"] is None:
+                b = m.get("at_new_best") or {}
+                summary.append(
+                    f"| {p['pair']} | {grid} | {tgt} | not reached; best {b.get('loss', math.nan):.3g} "
+                    f"({str(b.get('new', '')).removeprefix('AutoNDTM ')}) | inf ({b.get('cost_ratio', math.nan):.2f} "
+                    f"at its best loss) | {b.get('realism_ratio', math.nan):.2f} | "
+                    f"{b.get('diversity_ratio', math.nan):.2f} | no (loss) |"
+                )
+            else:
+                summary.append(
+                    f"| {p['pair']} | {grid} | {tgt} | reached by {m['label'].removeprefix('AutoNDTM ')} at "
+                    f"{new[m['label']]['forward_equivalents']:,.0f} | {m['cost_ratio']:.2f} | "
+                    f"{m['realism_ratio']:.2f} | {m['diversity_ratio']:.2f} | {_item4(m)} |"
+                )
+            out += [
+                "",
+                f"Confirmation on {p['confirm_queries']} queries × {p['n']}: the target ({ct['label']}) mean "
+                f"{ct['fiber_loss_mean']:.3g} (median {ct['fiber_loss_median']:.2g}), FD {ct['realism_fd']:.3g}, "
+                f"diversity {ct['diversity']:.3g}, class kept {ct['class_kept']:.0%}; {c['label']} mean "
+                f"{c['fiber_loss_mean']:.3g} (median {c['fiber_loss_median']:.2g}), FD {c['realism_fd']:.3g}, "
+                f"diversity {c['diversity']:.3g}, class kept {c['class_kept']:.0%}.",
+                "",
+            ]
+    return "\n".join(summary) + "\n\n" + "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", default="mnist-ddpm:mnist-cnn@logits", help="comma-separated PRIOR:SUBJECT@LAYER")
@@ -264,14 +390,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="efficiency-out")
     ap.add_argument(
+        "--reference-from",
+        metavar="JSON",
+        help="take the reference side (its grid, front, target and the target's confirmation) from an earlier "
+        "run's efficiency.json of the same pairs, queries and seed, and run only the AutoNDTM side",
+    )
+    ap.add_argument(
         "--replot", nargs="+", metavar="JSON", help="only redraw the plot of earlier runs' JSON files into --out"
     )
+    ap.add_argument("--tables", nargs="+", metavar="JSON", help="only print the Markdown tables of earlier runs")
     args = ap.parse_args(argv)
+    if args.tables:
+        print(tables([(f, json.loads(Path(f).read_text())) for f in args.tables]))
+        return 0
     if args.replot:
         merged = []
         for f in args.replot:
             record = json.loads(Path(f).read_text())
-            grid_name = "quick" if record.get("grid") == QUICK else "full"
+            grid_name = "quick" if record.get("grid", {}).get("K") == QUICK["K"] else "full"
             merged += [{"grid_name": grid_name, **res} for res in record["pairs"]]
         Path(args.out).mkdir(parents=True, exist_ok=True)
         plot(merged, Path(args.out) / "efficiency.png")
@@ -292,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for spec in pairs:
         print(f"{spec}:", flush=True)
-        res = run_pair(spec, grid, queries, n, args.seed, confirm, lambda s: print(s, flush=True))
+        earlier = None
+        if args.reference_from:
+            earlier = earlier_reference(Path(args.reference_from), spec, grid, queries, n, args.seed, confirm)
+            earlier["reference_from"] = str(args.reference_from)
+        res = run_pair(spec, grid, queries, n, args.seed, confirm, lambda s: print(s, flush=True), earlier)
         res["grid_name"] = "quick" if args.quick else "full"
         results.append(res)
         m = res["matched"]

@@ -118,7 +118,8 @@ def test_auto_phases_and_settings():
 def test_auto_costs_what_its_phases_say():
     """Forward-equivalents per sample: K prior steps + 6 per Polyak step (prior and subject, forward and backward)."""
     prior, subject, q = _mixture(1.0)
-    m = AutoNDTM(steps=20, inner_steps=2, polish_steps=3)  # grid 950, 900 … 0: 15 steps ≤ 700, 5 of them ≤ 200
+    # grid 950, 900 … 0: 15 steps ≤ 700, 5 of them ≤ 200
+    m = AutoNDTM(steps=20, inner_steps=2, polish_steps=3, project_steps=0)
     t_max = float(prior.schedule.num_train_timesteps)
     polyak = sum(m.plan(t, t_max)[0] for t in m.times(prior))
     assert polyak == 10 * 2 + 5 * 3

@@ -205,16 +205,28 @@ CASES: dict[str, tuple[str, Any, str | None]] = {
     "tfg/gauss_flow,euler": ("gauss_flow", lambda: fs.TFG(steps=6, sampler="euler"), None),
     "pixel_opt/default": ("unet", lambda: fs.PixelOptimization(iterations=8), None),
     # AutoNDTM, fiberscope's default: its phases and update rules
-    "auto/default": ("unet", lambda: fs.AutoNDTM(steps=6), None),
-    "auto/no_polish,rho=0.8": ("unet", lambda: fs.AutoNDTM(steps=6, polish_steps=0, rho=0.8), None),
+    # (the settings of the default before the projection was added, given in full: P=4, G=0)
+    "auto/P=4,G=0": ("unet", lambda: fs.AutoNDTM(steps=6, polish_steps=4, project_steps=0), None),
+    "auto/no_polish,rho=0.8": ("unet", lambda: fs.AutoNDTM(steps=6, polish_steps=0, rho=0.8, project_steps=0), None),
     "auto/start=1,polish_start=0.5,N=1,P=2": (
         "unet",
-        lambda: fs.AutoNDTM(steps=6, start=1.0, polish_start=0.5, inner_steps=1, polish_steps=2),
+        lambda: fs.AutoNDTM(steps=6, start=1.0, polish_start=0.5, inner_steps=1, polish_steps=2, project_steps=0),
         None,
     ),
-    "auto/eta=0,max_step=0.05": ("unet", lambda: fs.AutoNDTM(steps=6, eta=0.0, max_step=0.05), None),
-    "auto/flow,euler": ("unet_flow", lambda: fs.AutoNDTM(steps=6, sampler="euler"), None),
-    "auto/gmm": ("gmm", lambda: fs.AutoNDTM(steps=6), None),
+    "auto/eta=0,max_step=0.05": (
+        "unet",
+        lambda: fs.AutoNDTM(steps=6, eta=0.0, max_step=0.05, polish_steps=4, project_steps=0),
+        None,
+    ),
+    "auto/flow,euler": (
+        "unet_flow",
+        lambda: fs.AutoNDTM(steps=6, sampler="euler", polish_steps=4, project_steps=0),
+        None,
+    ),
+    "auto/gmm": ("gmm", lambda: fs.AutoNDTM(steps=6, polish_steps=4, project_steps=0), None),
+    # the default of today: P=2 and the Gauss-Newton projection onto the fiber
+    "auto/default": ("unet", lambda: fs.AutoNDTM(steps=6), None),
+    "auto/flow,euler,default": ("unet_flow", lambda: fs.AutoNDTM(steps=6, sampler="euler"), None),
     # unguided sampling
     "unguided/ddim": ("unet", lambda: fs.Unguided(steps=6), None),
     "unguided/ddim,eta=1": ("unet", lambda: fs.Unguided(steps=6, eta=1.0), None),

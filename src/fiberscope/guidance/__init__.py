@@ -2,7 +2,8 @@
 
 NDTM (the paper's method), the training-free baselines it is compared with (DPS, FreeDoM, UGD, MPGD,
 TFG — one unified loop, :mod:`fiberscope.guidance.tfg`), prior-free pixel optimisation, and plain
-unguided sampling. The settings several methods share, one Adam step and the clip range live in
+unguided sampling, and the projection onto the fiber that ends AutoNDTM's runs
+(:mod:`~fiberscope.guidance.projection`). The settings several methods share, one Adam step and the clip range live in
 :mod:`~fiberscope.guidance.base`; NDTM's presets in :mod:`~fiberscope.guidance.presets`.
 """
 
@@ -14,6 +15,7 @@ from .mpgd import MPGD
 from .ndtm import NDTM, parse_gamma
 from .pixel_opt import PixelOptimization
 from .presets import PRESETS
+from .projection import ProjectionInfo, project_to_fiber
 from .tfg import TFG, TrainingFreeGuidance
 from .ugd import UGD
 from .unguided import Unguided
@@ -46,10 +48,12 @@ __all__ = [
     "GuidanceMethod",
     "NotGuidedWarning",
     "PixelOptimization",
+    "ProjectionInfo",
     "SampleNoise",
     "StepRule",
     "TrainingFreeGuidance",
     "Trajectory",
     "Unguided",
     "parse_gamma",
+    "project_to_fiber",
 ]

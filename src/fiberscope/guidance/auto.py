@@ -32,7 +32,7 @@ Example:
     >>> from fiberscope.guidance.auto import AutoNDTM
     >>> m = AutoNDTM(steps=20)
     >>> m.plan(900.0, 1000.0), m.plan(500.0, 1000.0), m.plan(100.0, 1000.0)   # (steps, ρ) per phase
-    ((0, 0.5), (2, 0.5), (4, 1.0))
+    ((0, 0.5), (2, 0.5), (2, 1.0))
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from .base import (
     Trajectory,
     check_finite,
 )
+from .projection import project_to_fiber
 
 __all__ = [
     "AutoNDTM",
@@ -108,6 +109,9 @@ class AutoNDTM(LossSetting, SamplingSettings):
             (0: the damped steps continue to the end).
         polish_start: where the polish begins, as a fraction of T.
         eta: DDIM stochasticity, default 1 (see the module's docstring; no effect with Euler).
+        project_steps: Gauss-Newton steps that move the finished sample onto the fiber on the subject
+            alone (:func:`~fiberscope.guidance.projection.project_to_fiber`; 0: none).
+        project_cg: conjugate-gradient iterations per projection step.
         loss: the cost L (default ``"l2"``, the unsquared norm: Polyak steps aim at its zero).
         sampler, variance, clip, output, init, strength: as for every method
             (:class:`~fiberscope.guidance.base.SamplingSettings`).
@@ -119,9 +123,11 @@ class AutoNDTM(LossSetting, SamplingSettings):
     rho: float = 0.5
     max_step: float = 0.5
     start: float = 0.7
-    polish_steps: int = 4
+    polish_steps: int = 2
     polish_start: float = 0.2
     eta: float = 1.0
+    project_steps: int = 3
+    project_cg: int = 5
     track_loss: bool = True
 
     name = "auto"
@@ -141,7 +147,7 @@ class AutoNDTM(LossSetting, SamplingSettings):
             )
             if not ok:
                 raise ValueError(f"{nm} must be a number in {'[' if zero_ok else '('}{lo:g}, {hi:g}], got {v!r}")
-        for nm in ("inner_steps", "polish_steps"):
+        for nm in ("inner_steps", "polish_steps", "project_steps", "project_cg"):
             v = getattr(self, nm)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1000:
                 raise ValueError(f"{nm} must be an integer in [0, 1000], got {v!r}")
@@ -205,7 +211,11 @@ class AutoNDTM(LossSetting, SamplingSettings):
                     {"step": i, "t": t, "x": x, "x0": x0, "cost": last, "steps": K, "polyak_steps": n_inner, "rho": rho}
                 )
         sample = x0 if self.output == "x0" else x
-        return Trajectory(sample=sample, x=x, x0=x0, loss_history=history)
+        info: dict[str, Any] = {}
+        if self.project_steps and self.project_cg:
+            sample, proj = project_to_fiber(objective, sample, self.project_steps, self.project_cg, self.max_step, clip)
+            info["projection"] = proj
+        return Trajectory(sample=sample, x=x, x0=x0, loss_history=history, info=info)
 
 
 # ---- defaults per prior ------------------------------------------------------------------------
