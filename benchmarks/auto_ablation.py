@@ -1,10 +1,11 @@
-"""Why AutoNDTM's defaults are what they are: its update rule's η and its polish phase, one at a time.
+"""Why AutoNDTM's defaults are what they are: its update rule's η, its polish phase and its projection, one at a time.
 
 On one zoo pair, the default (:func:`fiberscope.guidance.auto.scale_free_default`) and variants that
-change one setting — η ∈ {0, 0.5} instead of 1, no polish phase, or its steps spent on more damped
-steps instead — on the same queries and seeds, judged as ``benchmarks/defaults_acceptance.py``
-judges: mean and median fiber loss, class kept by the independent classifier
-(``benchmarks/judges.py``), realism (Fréchet distance in the realism reference's space), cost.
+change one setting — no projection onto the fiber, or its calls spent on polish steps instead, a
+longer projection, η ∈ {0, 0.5} instead of 1, no polish phase — on the same queries and seeds,
+judged as ``benchmarks/defaults_acceptance.py`` judges: mean and median fiber loss, class kept by
+the independent classifier (``benchmarks/judges.py``), realism (Fréchet distance in the realism
+reference's space), diversity (mean pairwise distance of a query's samples there), cost.
 
     PYTHONPATH=src python benchmarks/auto_ablation.py --pair mnist-ddpm:mnist-cnn@logits --queries 10 --n 2
 """
@@ -22,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common_pairs import Judge, load_pair_prior, parse_pair, run_method
+from common_pairs import Judge, diversity, load_pair_prior, parse_pair, run_method
 
 import fiberscope as fs
 from fiberscope.guidance.auto import scale_free_default
@@ -30,10 +31,12 @@ from fiberscope.utils import atomic_write_json
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "no projection": {"project_steps": 0},
+    "no proj., P=3": {"project_steps": 0, "polish_steps": 3},  # about the default's calls, on polish steps
+    "projection 16": {"project_steps": 16},
     "eta=0.5": {"eta": 0.5},
     "eta=0": {"eta": 0.0},
     "no polish": {"polish_steps": 0},
-    "no polish, N=3": {"polish_steps": 0, "inner_steps": 3},
 }
 
 
@@ -54,16 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     judge = Judge(pair, args.queries)
     base = scale_free_default(prior)
     rows: dict[str, Any] = {}
-    print(f"{'variant':16s} {'mean':>9s} {'median':>9s} {'class kept':>10s} {'realism FD':>10s} {'fe':>6s}")
+    print(
+        f"{'variant':16s} {'mean':>9s} {'median':>9s} {'class kept':>10s} {'realism FD':>10s} {'diversity':>9s} "
+        f"{'fe':>6s}"
+    )
     for name, change in VARIANTS.items():
         m = replace(base, **change)
         r = run_method(prior, subject, judge, m, args.n, args.seed)
-        r.pop("_images")
+        r["diversity"] = diversity(r.pop("_images"), judge, args.n)
         r["config"] = m.config()
         rows[name] = r
         print(
             f"{name:16s} {r['fiber_loss_mean']:9.4g} {r['fiber_loss_median']:9.3g} {r['class_kept']:10.0%} "
-            f"{r['realism_fd']:10.3g} {r['forward_equivalents']:6.0f}",
+            f"{r['realism_fd']:10.3g} {r['diversity']:9.3g} {r['forward_equivalents']:6.0f}",
             flush=True,
         )
     out = Path(args.out)

@@ -23,6 +23,7 @@ that cross classes, and no sampler should keep it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -55,6 +56,46 @@ def identifiability(pair: Any, subject: Any, bank: int = 5000, queries: int = 10
     return float((y[b][torch.cdist(fq, fb).argmin(1)] == y[q]).float().mean())
 
 
+def judge_pair(spec: str, res: dict[str, Any]) -> list[list[Any]]:
+    """Item 1's checks of a pair's results (written into ``res``), one table row per judged mode."""
+    rows = []
+    ung = res["methods"]["unguided"]["fiber_loss_mean"]
+    how = res["default_source"]
+    preset_fd = res["methods"].get("preset", res["methods"]["default"] if how["source"] == "preset" else {})
+    ident = res["subject_identifies_class"]
+    for name in ("default", "preset"):
+        if name not in res["methods"]:
+            continue
+        r = res["methods"][name]
+        ratio = r["fiber_loss_mean"] / ung
+        rr = r["realism_fd"] / preset_fd["realism_fd"] if preset_fd else float("nan")
+        checks = {
+            "loss_ratio": ratio,
+            "loss_ok": ratio <= LOSS_RATIO,
+            # (a fraction of samples, computed in float32: 18 of 20 is 0.8999999762)
+            "class_kept_ok": r["class_kept"] >= CLASS_KEPT - 1e-6 if ident >= CLASS_KEPT else None,
+            "realism_ratio": rr,
+            "realism_ok": bool(rr <= REALISM_RATIO) if rr == rr else None,
+        }
+        r["checks"] = checks
+        rows.append([spec, name, ratio, r["class_kept"], ident, rr, r["forward_equivalents"], checks])
+    return rows
+
+
+def print_table(rows: list[list[Any]]) -> None:
+    print()
+    print(
+        f"{'pair':40s} {'mode':8s} {'loss/unguided':>13s} {'class kept':>10s} {'φ identifies':>12s} "
+        f"{'realism/preset':>14s} {'fe':>6s}  ok"
+    )
+    for spec, name, ratio, kept, ident, rr, fe, c in rows:
+        ok = c["loss_ok"] and c["class_kept_ok"] is not False and c["realism_ok"] is not False
+        print(
+            f"{spec:40s} {name:8s} {ratio:13.2e} {kept:10.0%} {ident:12.0%} {rr:14.2f} {fe:6.0f}  "
+            f"{'yes' if ok else 'NO'}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", default=",".join(ZOO_PAIRS), help="comma-separated PRIOR:SUBJECT@LAYER")
@@ -64,7 +105,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--query-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="defaults-acceptance-out")
+    ap.add_argument(
+        "--rejudge",
+        metavar="JSON",
+        help="only apply the checks again to an earlier run's acceptance.json (no sampling)",
+    )
     args = ap.parse_args(argv)
+    if args.rejudge:
+        record = json.loads(Path(args.rejudge).read_text())
+        rows = [row for spec, res in record["pairs"].items() for row in judge_pair(spec, res)]
+        record["rejudged_by"] = "python benchmarks/defaults_acceptance.py " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        print_table(rows)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.out) / "acceptance.json", record)
+        print(f"results: {Path(args.out) / 'acceptance.json'}")
+        return 0
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,38 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['forward_equivalents']:.0f} fe/sample, {r['seconds']:.0f} s",
                 flush=True,
             )
-        ung = res["methods"]["unguided"]["fiber_loss_mean"]
-        preset_fd = res["methods"].get("preset", res["methods"]["default"] if how["source"] == "preset" else {})
-        ident = res["subject_identifies_class"]
-        for name in ("default", "preset"):
-            if name not in res["methods"]:
-                continue
-            r = res["methods"][name]
-            ratio = r["fiber_loss_mean"] / ung
-            rr = r["realism_fd"] / preset_fd["realism_fd"] if preset_fd else float("nan")
-            checks = {
-                "loss_ratio": ratio,
-                "loss_ok": ratio <= LOSS_RATIO,
-                "class_kept_ok": r["class_kept"] >= CLASS_KEPT if ident >= CLASS_KEPT else None,
-                "realism_ratio": rr,
-                "realism_ok": bool(rr <= REALISM_RATIO) if rr == rr else None,
-            }
-            r["checks"] = checks
-            rows.append([spec, name, ratio, r["class_kept"], ident, rr, r["forward_equivalents"], checks])
+        rows += judge_pair(spec, res)
         res["seconds"] = time.perf_counter() - t0
         results["pairs"][spec] = res
         atomic_write_json(out / "acceptance.json", results)
-    print()
-    print(
-        f"{'pair':40s} {'mode':8s} {'loss/unguided':>13s} {'class kept':>10s} {'φ identifies':>12s} "
-        f"{'realism/preset':>14s} {'fe':>6s}  ok"
-    )
-    for spec, name, ratio, kept, ident, rr, fe, c in rows:
-        ok = c["loss_ok"] and c["class_kept_ok"] is not False and c["realism_ok"] is not False
-        print(
-            f"{spec:40s} {name:8s} {ratio:13.2e} {kept:10.0%} {ident:12.0%} {rr:14.2f} {fe:6.0f}  "
-            f"{'yes' if ok else 'NO'}"
-        )
+    print_table(rows)
     print(f"results: {out / 'acceptance.json'}")
     for d in tmp:
         d.cleanup()

@@ -54,6 +54,7 @@ FULL = {
     "auto_N": [1, 2],
     "auto_P": [2, 4],
     "auto_G": [0, 8, 32],
+    "auto_rho": [0.5, 0.3],  # the second ρ only with the largest G: a long projection lets the trajectory steer less
 }
 QUICK = {"K": [25, 50, 100], "N": [1, 3], "auto_K": [40, 100], "auto_N": [2], "auto_P": [2], "auto_G": [0, 8, 32]}
 REFERENCE_KEYS = ("queries", "n", "seed", "preset", "reference", "reference_front", "target")
@@ -139,19 +140,21 @@ def run_pair(
                     best = r
             reference.append(best)
     default = scale_free_default(prior)
+    g_values, rhos = grid.get("auto_G", [0]), grid.get("auto_rho", [default.rho])
     for K in grid["auto_K"]:
         for N in grid["auto_N"]:
             for P in grid["auto_P"]:
-                for G in grid.get("auto_G", [0]):
-                    m = replace(default, steps=K, inner_steps=N, polish_steps=P, project_steps=G)
-                    label = f"AutoNDTM K={K} N={N} P={P} G={G}"
-                    r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, label, m.config())
-                    r["method"] = m
-                    log(
-                        f"  auto K={K:3d} N={N} P={P} G={G:2d}: mean {r['fiber_loss_mean']:.4g} median "
-                        f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
-                    )
-                    new.append(r)
+                for g in g_values:
+                    for rho in rhos if g == g_values[-1] else rhos[:1]:
+                        m = replace(default, steps=K, inner_steps=N, polish_steps=P, project_steps=g, rho=rho)
+                        label = f"AutoNDTM K={K} N={N} P={P} G={g}" + ("" if rho == rhos[0] else f" ρ={rho:g}")
+                        r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, label, m.config())
+                        r["method"] = m
+                        log(
+                            f"  auto K={K:3d} N={N} P={P} G={g:2d} ρ={rho:g}: mean {r['fiber_loss_mean']:.4g} median "
+                            f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
+                        )
+                        new.append(r)
     ref_front, new_front = pareto(reference), pareto(new)
     target = ref_front[-1]  # the front's best mean loss, at its cost
     match = cheapest_at(new, target["fiber_loss_mean"])

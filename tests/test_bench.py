@@ -414,3 +414,66 @@ def test_efficiency_script_front_target_and_replot(tmp_path, capsys):
     assert mod.main(["--replot", str(tmp_path / "efficiency.json"), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "efficiency.png").stat().st_size > 10_000
     assert "2 pairs" in capsys.readouterr().out
+
+
+def test_efficiency_tables_verdicts_and_reference_reuse(tmp_path, capsys):
+    """efficiency.py --tables prints item 4's verdict per pair; --reference-from refuses another grid or query set."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "efficiency.py"
+    spec = importlib.util.spec_from_file_location("efficiency", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    assert mod._item4({"cost_ratio": 0.2, "realism_ratio": 0.8, "diversity_ratio": 0.95}) == "yes"
+    assert mod._item4({"cost_ratio": 0.2, "realism_ratio": 0.8, "diversity_ratio": 0.84}) == "no (diversity)"
+    assert mod._item4({"cost_ratio": 0.5, "realism_ratio": 1.2, "diversity_ratio": 1.0}) == "no (cost, realism)"
+
+    def pt(label, fe, mean, **extra):
+        return {
+            "label": label,
+            "forward_equivalents": fe,
+            "fiber_loss_mean": mean,
+            "fiber_loss_median": mean / 3,
+            "class_kept": 1.0,
+            "realism_fd": 50.0,
+            "diversity": 10.0,
+            **extra,
+        }
+
+    confirmed = {k: pt(k, 1, 0.1) for k in ("target", "matched")}
+    res = {
+        "pair": "mnist-ddpm:mnist-cnn@logits",
+        "preset": "builtin-mnist",
+        "queries": 8,
+        "n": 2,
+        "seed": 0,
+        "confirm_queries": 24,
+        "reference": [pt("NDTM K=25 N=1", 100, 1.0, lr=0.15), pt("NDTM K=200 N=5", 4400, 0.01, lr=0.15)],
+        "new": [pt("AutoNDTM K=100 N=1 P=2 G=32", 1000, 0.005)],
+        "reference_front": ["NDTM K=25 N=1", "NDTM K=200 N=5"],
+        "new_front": ["AutoNDTM K=100 N=1 P=2 G=32"],
+        "target": {"fiber_loss_mean": 0.01, "forward_equivalents": 4400, "label": "NDTM K=200 N=5"},
+        "matched": {
+            "label": "AutoNDTM K=100 N=1 P=2 G=32",
+            "cost_ratio": 1000 / 4400,
+            "realism_ratio": 0.9,
+            "diversity_ratio": 0.85,
+        },
+        "confirmed": confirmed,
+    }
+    record = {"grid": mod.FULL, "lr_factors": list(mod.LR_FACTORS), "pairs": [res]}
+    path = tmp_path / "efficiency.json"
+    path.write_text(json.dumps(record))
+    assert mod.main(["--tables", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "reached by K=100 N=1 P=2 G=32 at 1,000 | 0.23 | 0.90 | 0.85 | no (diversity) |" in out
+    assert "K=200 N=5 (lr 0.15) **target**" in out
+
+    grid = mod.FULL
+    assert mod.earlier_reference(path, res["pair"], grid, 8, 2, 0, 24) is not None
+    with pytest.raises(SystemExit, match="another grid, query set or seed"):
+        mod.earlier_reference(path, res["pair"], grid, 4, 2, 0, 24)
+    with pytest.raises(SystemExit, match="no run of"):
+        mod.earlier_reference(path, "mnist-flow:mnist-cnn@logits", grid, 8, 2, 0, 24)

@@ -32,7 +32,7 @@ Example:
     >>> from fiberscope.guidance.auto import AutoNDTM
     >>> m = AutoNDTM(steps=20)
     >>> m.plan(900.0, 1000.0), m.plan(500.0, 1000.0), m.plan(100.0, 1000.0)   # (steps, ρ) per phase
-    ((0, 0.5), (2, 0.5), (2, 1.0))
+    ((0, 0.5), (2, 0.5), (1, 1.0))
 """
 
 from __future__ import annotations
@@ -123,10 +123,10 @@ class AutoNDTM(LossSetting, SamplingSettings):
     rho: float = 0.5
     max_step: float = 0.5
     start: float = 0.7
-    polish_steps: int = 2
+    polish_steps: int = 1
     polish_start: float = 0.2
     eta: float = 1.0
-    project_steps: int = 3
+    project_steps: int = 6
     project_cg: int = 5
     track_loss: bool = True
 

@@ -19,9 +19,11 @@ Three guards keep the projection from spoiling a sample:
 * pixels at the clip range (an MNIST background at −1) are held fixed: a step there would be
   clipped away, so the solver spends its iterations on the pixels that can move;
 * each outer step's RMS is capped at ``max_step`` × the RMS of the sample;
-* a sample's step is kept only where it lowered the sample's residual; otherwise the sample stays
-  where it was and its cap is halved (one backtracking step per outer step), so the projection
-  never raises a fiber loss whose zero is the fiber (``l2``, ``sq_l2``, ``rms``, ``l1``).
+* a sample's step is kept only where it lowered the sample's residual ‖φ(x) − y‖; otherwise the
+  sample stays where it was and its cap is halved (one backtracking step per outer step), so the
+  projection never raises that residual, nor the losses that are functions of it (``l2``,
+  ``sq_l2``, ``rms``). It aims at φ(x) = y itself, the fiber of every loss; other losses (``l1``,
+  ``cosine``) usually fall with the residual but are not guaranteed to.
 
 Rows are independent: every scalar (step sizes, caps, acceptance) is per sample, so a sample's
 projection does not depend on the rest of the batch.
