@@ -131,7 +131,8 @@ def run_demo(
     report = Report(
         "fiberscope demo: what do these models not see?",
         f"Fibers of real test digits under {len(sections)} subjects, drawn with fiberscope's default sampler "
-        "(AutoNDTM: NDTM with scale-free control steps, untuned). Offline, on the built-in zoo.",
+        "(AutoNDTM: NDTM with scale-free control steps and a final projection onto the fiber, untuned). "
+        "Offline, on the built-in zoo.",
     )
     report.paragraph(
         "How to read a grid: the first image is the query, the second is the real test image whose features "
