@@ -91,3 +91,21 @@ def test_autondtm_projection_reaches_the_fiber_and_is_counted_and_recorded() -> 
 def test_projection_settings_are_checked(bad: object) -> None:
     with pytest.raises(ValueError, match="project_steps"):
         fs.AutoNDTM(project_steps=bad)  # type: ignore[arg-type]
+
+
+def test_projection_is_scale_equivariant() -> None:
+    """Data ×100 (and its clip range): the projected samples are the same, ×100 — no absolute number inside."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        A = torch.randn(3, 10, generator=torch.Generator().manual_seed(7))
+        x = torch.rand(4, 10, generator=torch.Generator().manual_seed(8)) * 2 - 1
+        x[:, :2] = -1.0  # at the bound: held fixed at either scale
+        out = {}
+        for c in (1.0, 100.0):
+            subject = fs.load_subject(lambda z, c=c: torch.tanh(z @ A.T / c))
+            obj = fs.FiberObjective(fs.GaussianPrior(dim=10), subject, 0.2 * c * torch.ones(1, 10))
+            out[c], _ = project_to_fiber(obj, c * x, steps=4, cg_steps=3, max_step=0.3, clip=(-c, c))
+        # (forward differences round differently at the two scales: agreement to 1e-5 of the scale)
+        torch.testing.assert_close(out[100.0], 100.0 * out[1.0], rtol=1e-4, atol=1e-3)
+    finally:
+        torch.set_default_dtype(torch.float32)

@@ -98,8 +98,8 @@ def project_to_fiber(
             n backwards and n forwards of φ∘decode.
         cg_steps: CG iterations per outer step (the rank of J is enough on a linear φ).
         max_step: cap on one outer step's RMS, in units of the RMS of each sample.
-        clip: the state's clip range: coordinates within 1e-3 of it are held fixed and the result
-            is clipped to it.
+        clip: the state's clip range: coordinates within 1/2000 of its width of a bound are held
+            fixed and the result is clipped to it.
 
     Returns:
         The projected states and a :class:`ProjectionInfo`.
@@ -123,8 +123,9 @@ def project_to_fiber(
     for k in range(steps):
         fd = f.detach()
         free = torch.ones_like(x)
-        if clip is not None:
-            free = ((x > clip[0] + 1e-3) & (x < clip[1] - 1e-3)).to(x.dtype)
+        if clip is not None:  # within 1/2000 of the range's width of a bound (1e-3 on [-1, 1])
+            tol = 5e-4 * (clip[1] - clip[0])
+            free = ((x > clip[0] + tol) & (x < clip[1] - tol)).to(x.dtype)
 
         # CGLS on J δ = −r from δ = 0: the minimum-norm solution in the free coordinates
         delta = torch.zeros_like(x)
