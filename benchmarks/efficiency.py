@@ -57,7 +57,6 @@ FULL = {
     "auto_rho": [0.5, 0.3],  # the second ρ only with the largest G: a long projection lets the trajectory steer less
 }
 QUICK = {"K": [25, 50, 100], "N": [1, 3], "auto_K": [40, 100], "auto_N": [2], "auto_P": [2], "auto_G": [0, 8, 32]}
-REFERENCE_KEYS = ("queries", "n", "seed", "preset", "reference", "reference_front", "target")
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 #: item 4's bounds: cost ≤ ⅓ of the target's, realism (FD) within 1.1×, diversity at least 0.9× of the reference's
 MAX_COST_RATIO, MAX_REALISM_RATIO, MIN_DIVERSITY_RATIO = 1 / 3, 1.1, 0.9
@@ -96,9 +95,21 @@ def _point(r: dict[str, Any], judge: Judge, n: int, label: str, settings: dict[s
     return {**r, "label": label, "settings": settings}
 
 
-def earlier_reference(path: Path, spec: str, grid: dict[str, list[Any]], queries: int, n: int, seed: int, confirm: int):
-    """The reference side of ``spec`` from an earlier run's JSON, checked to be the same grid, queries and seed."""
+def earlier_reference(
+    path: Path,
+    spec: str,
+    grid: dict[str, list[Any]],
+    queries: int,
+    n: int,
+    seed: int,
+    confirm: int,
+    whole_grid: bool = False,
+):
+    """The run of ``spec`` in an earlier run's JSON, checked to be the same reference grid, queries and seed
+    (``whole_grid``: the AutoNDTM side's grid too)."""
     record = json.loads(path.read_text())
+    if whole_grid and record["grid"] != grid:
+        raise SystemExit(f"{path}: its AutoNDTM grid is not this one")
     for res in record["pairs"]:
         if res["pair"] != spec:
             continue
@@ -327,6 +338,15 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _grid_name(record: dict[str, Any]) -> str:
+    """``quick`` or ``full``: which reference grid a run's JSON record used."""
+    return "quick" if record.get("grid", {}).get("K") == QUICK["K"] else "full"
+
+
 def _item4(m: dict[str, Any]) -> str:
     """Item 4's verdict for a matched point: cost ≤ ⅓, realism ratio ≤ 1.1, diversity ratio ≥ 0.9."""
     failed = [
@@ -359,7 +379,7 @@ def tables(records: list[tuple[str, dict[str, Any]]]) -> str:
     ]
     out: list[str] = []
     for name, record in records:
-        grid = "quick" if record.get("grid", {}).get("K") == QUICK["K"] else "full"
+        grid = _grid_name(record)
         for p in record["pairs"]:
             ref = {r["label"]: r for r in p["reference"]}
             new = {r["label"]: r for r in p["new"]}
@@ -375,7 +395,6 @@ def tables(records: list[tuple[str, dict[str, Any]]]) -> str:
                 "| side | setting | fwd-eq / sample | mean fiber loss | median | class kept (judge) | FD | diversity |",
                 "|---|---|---|---|---|---|---|---|",
             ]
-
             for lab in sorted(p["reference_front"], key=lambda lb: ref[lb]["forward_equivalents"]):
                 out.append(_row("NDTM", ref[lab], " **target**" if lab == p["target"]["label"] else ""))
             for lab in sorted(p["new_front"], key=lambda lb: new[lb]["forward_equivalents"]):
@@ -443,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = []
         for f in args.replot:
             record = json.loads(Path(f).read_text())
-            grid_name = "quick" if record.get("grid", {}).get("K") == QUICK["K"] else "full"
-            merged += [{"grid_name": grid_name, **res} for res in record["pairs"]]
+            merged += [{"grid_name": _grid_name(record), **res} for res in record["pairs"]]
         Path(args.out).mkdir(parents=True, exist_ok=True)
         plot(merged, Path(args.out) / "efficiency.png")
         print(f"plot: {Path(args.out) / 'efficiency.png'} ({len(merged)} pairs)")
@@ -471,12 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.new_from:
             if not args.reference_from:
                 raise SystemExit("--new-from needs --reference-from")
-            earlier_new = earlier_reference(Path(args.new_from), spec, grid, queries, n, args.seed, confirm)
-            if json.loads(Path(args.new_from).read_text())["grid"] != grid:
-                raise SystemExit(f"--new-from {args.new_from}: its AutoNDTM grid is not this one")
+            earlier_new = earlier_reference(
+                Path(args.new_from), spec, grid, queries, n, args.seed, confirm, whole_grid=True
+            )
             earlier_new["new_from"] = str(args.new_from)
-        log = lambda s: print(s, flush=True)  # noqa: E731
-        res = run_pair(spec, grid, queries, n, args.seed, confirm, log, earlier, earlier_new)
+        res = run_pair(spec, grid, queries, n, args.seed, confirm, _log, earlier, earlier_new)
         res["grid_name"] = "quick" if args.quick else "full"
         results.append(res)
         m = res["matched"]

@@ -477,3 +477,6 @@ def test_efficiency_tables_verdicts_and_reference_reuse(tmp_path, capsys):
         mod.earlier_reference(path, res["pair"], grid, 4, 2, 0, 24)
     with pytest.raises(SystemExit, match="no run of"):
         mod.earlier_reference(path, "mnist-flow:mnist-cnn@logits", grid, 8, 2, 0, 24)
+    assert mod.earlier_reference(path, res["pair"], grid, 8, 2, 0, 24, whole_grid=True) is not None
+    with pytest.raises(SystemExit, match="AutoNDTM grid is not this one"):
+        mod.earlier_reference(path, res["pair"], {**grid, "auto_G": [0]}, 8, 2, 0, 24, whole_grid=True)

@@ -72,3 +72,13 @@ def test_samples_of_a_second_partial_batch_and_a_custom_batch_size(mnist):
     again = fs.sample_fiber(subject, query, prior, method=m, seeds=out.seeds[3:], batch_size=3, progress=False)
     assert torch.equal(again.images, out.images[3:])
     assert out.loss_history[1] == again.loss_history[0]
+
+
+def test_the_default_sampler_redraws_bit_identical_with_its_projection(mnist):
+    """The default (AutoNDTM: 50 steps, then the projection's data-dependent backtracking) keeps the promise."""
+    prior, subject, query = mnist
+    out = fs.sample_fiber(subject, query, prior, n=3, seed=5, progress=False)
+    assert out.config["method"]["method"] == "auto" and out.config["method"]["project_steps"] > 0
+    alone = fs.sample_fiber(subject, query, prior, seeds=[out.seeds[1]], progress=False)
+    assert torch.equal(alone.images[0], out.images[1])
+    assert torch.equal(alone.fiber_loss[0], out.fiber_loss[1])

@@ -84,9 +84,9 @@ def _jp(objective: FiberObjective, x: torch.Tensor, fd: torch.Tensor, p: torch.T
 def project_to_fiber(
     objective: FiberObjective,
     x: torch.Tensor,
-    steps: int = 8,
-    cg_steps: int = 6,
-    max_step: float = 0.5,
+    steps: int,
+    cg_steps: int,
+    max_step: float,
     clip: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, ProjectionInfo]:
     """Move states ``x`` onto the fiber of ``objective`` by ``steps`` Gauss-Newton steps (see the module).
