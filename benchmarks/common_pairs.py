@@ -142,15 +142,39 @@ class Judge:
 
 
 def run_method(
-    prior: Any, subject: Any, judge: Judge, method: Any, n: int, seed: int, metric: str = "sq_l2"
+    prior: Any,
+    subject: Any,
+    judge: Judge,
+    method: Any,
+    n: int,
+    seed: int,
+    metric: str = "sq_l2",
+    *,
+    tolerance: float | None = None,
+    resample: int = 0,
 ) -> dict[str, Any]:
-    """All queries × n samples with ``method``; fiber losses per sample, cost per sample, judge metrics."""
+    """All queries × n samples with ``method``; fiber losses per sample, cost per sample, judge metrics.
+
+    ``resample=R`` with a ``tolerance``: the samples above it are drawn again, up to R rounds, and the
+    redraws' calls are in the cost (:func:`fiberscope.bench.sample_queries`).
+    """
     import time
 
     queries = judge.queries.to(prior.device)
     t0 = time.perf_counter()
     run_seeds = [seed * 100_003 + int(i) for i in judge.query_idx]
-    imgs, _, counter = sample_queries(prior, subject, queries, method, run_seeds, n=n, batch_size=len(queries) * n)
+    imgs, _, counter = sample_queries(
+        prior,
+        subject,
+        queries,
+        method,
+        run_seeds,
+        n=n,
+        batch_size=len(queries) * n,
+        tolerance=tolerance,
+        resample=resample,
+        metric=metric,
+    )
     secs = time.perf_counter() - t0
     with torch.no_grad():
         target = subject(queries, prior.data_range).float()

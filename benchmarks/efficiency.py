@@ -6,7 +6,9 @@ each (K, N) the best of three learning rates (the preset's × {⅓, 1, 3}) by me
 Pareto front of (forward-equivalents per sample, mean fiber loss) sets the target — the front's
 best mean loss — and the cost to beat (the cost of that point). The new side is AutoNDTM — the
 default a prior without a preset gets, :func:`fiberscope.guidance.auto.scale_free_default` — over
-its levers: outer steps K, damped inner steps N, and the polish steps at low noise (P).
+its levers: outer steps K, damped inner steps N, the polish steps at low noise (P), the projection
+steps onto the fiber (G), and, at the largest G, a smaller ρ, a later start of the guidance and
+resampling of the samples above the target loss (``auto_variants``).
 
 Both grids run on ``--queries`` × ``--n`` samples. Realism and diversity are then measured again,
 on ``--confirm`` queries × n samples (more, because a Fréchet distance and a pairwise distance over
@@ -21,6 +23,10 @@ When no AutoNDTM setting reaches the target, X is ``inf`` and the line says so; 
 AutoNDTM's own best loss are printed next to it. ``--quick``: one pair, K ∈ {25, 50, 100} ×
 N ∈ {1, 3} on the reference side, a smaller AutoNDTM grid, 4 queries × 2 samples, confirmation on
 8 queries (under 15 minutes on a 2-core CPU).
+
+``--reference-from`` reuses an earlier run's reference side; ``--new-from`` also reuses the AutoNDTM
+points of an earlier run whose settings (every field of the method's config, and the resampling)
+equal a point of this grid, and runs only the others.
 
     PYTHONPATH=src python benchmarks/efficiency.py --pairs mnist-ddpm:mnist-cnn@logits --quick --out eff-out
 """
@@ -47,6 +53,12 @@ import fiberscope as fs
 from fiberscope.guidance.auto import scale_free_default
 from fiberscope.utils import atomic_write_bytes, atomic_write_json
 
+#: With the longest projection (the largest G), AutoNDTM is measured again with each of ``auto_variants``'
+#: changes: a smaller ρ or a later ``start`` steer less, for samples that differ more, and leave the
+#: fiber to the projection; ``resample`` redraws, up to that many rounds, the samples whose fiber loss
+#: is above ``resample_at`` (default 1) × the target (the reference front's best mean loss), its
+#: redraws counted in the cost: at 1× about half the samples of a pair whose median is near the
+#: target are redrawn, at 3× only the tail that sets the mean.
 FULL = {
     "K": [25, 50, 100, 200],
     "N": [1, 3, 5],
@@ -54,9 +66,24 @@ FULL = {
     "auto_N": [1, 2],
     "auto_P": [2, 4],
     "auto_G": [0, 8, 32],
-    "auto_rho": [0.5, 0.3],  # the second ρ only with the largest G: a long projection lets the trajectory steer less
+    "auto_variants": [
+        {},
+        {"rho": 0.3},
+        {"start": 0.55},
+        {"resample": 3},
+        {"start": 0.55, "resample": 3},
+        {"start": 0.55, "resample": 3, "resample_at": 3},
+    ],
 }
-QUICK = {"K": [25, 50, 100], "N": [1, 3], "auto_K": [40, 100], "auto_N": [2], "auto_P": [2], "auto_G": [0, 8, 32]}
+QUICK = {
+    "K": [25, 50, 100],
+    "N": [1, 3],
+    "auto_K": [40, 100],
+    "auto_N": [2],
+    "auto_P": [2],
+    "auto_G": [0, 8, 32],
+    "auto_variants": [{}, {"start": 0.55, "resample": 3}],
+}
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 #: item 4's bounds: cost ≤ ⅓ of the target's, realism (FD) within 1.1×, diversity at least 0.9× of the reference's
 MAX_COST_RATIO, MAX_REALISM_RATIO, MIN_DIVERSITY_RATIO = 1 / 3, 1.1, 0.9
@@ -95,21 +122,44 @@ def _point(r: dict[str, Any], judge: Judge, n: int, label: str, settings: dict[s
     return {**r, "label": label, "settings": settings}
 
 
+def auto_point(
+    default: Any, K: int, N: int, P: int, G: int, variant: dict[str, Any], target_loss: float
+) -> tuple[Any, dict[str, Any] | None, str]:
+    """One AutoNDTM grid point: the method, its resampling (rounds and tolerance, or None) and its label."""
+    settings = {k: v for k, v in variant.items() if k not in ("resample", "resample_at")}
+    m = replace(default, steps=K, inner_steps=N, polish_steps=P, project_steps=G, **settings)
+    rounds, at = int(variant.get("resample", 0)), float(variant.get("resample_at", 1))
+    resample = {"rounds": rounds, "tolerance": at * float(target_loss)} if rounds else None
+    extra = "".join(f" {'ρ' if k == 'rho' else k}={v:g}" for k, v in settings.items())
+    if rounds:
+        extra += f" resample={rounds}" + (f" above {at:g}×target" if at != 1 else "")
+    return m, resample, f"AutoNDTM K={K} N={N} P={P} G={G}{extra}"
+
+
+def _redraws(resample: dict[str, Any] | None) -> dict[str, Any]:
+    """``run_method``'s keywords for a point's resampling."""
+    return {} if not resample else {"tolerance": resample["tolerance"], "resample": resample["rounds"]}
+
+
+def reused(earlier_new: dict[str, Any] | None, settings: dict[str, Any], resample: dict[str, Any] | None):
+    """The earlier run's AutoNDTM point with exactly these settings and resampling, or None (to be run)."""
+    for p in (earlier_new or {}).get("new", []):
+        if p["settings"] == settings and p.get("resample") == resample:
+            return dict(p)
+    return None
+
+
 def earlier_reference(
     path: Path,
     spec: str,
-    grid: dict[str, list[Any]],
+    grid: dict[str, Any],
     queries: int,
     n: int,
     seed: int,
     confirm: int,
-    whole_grid: bool = False,
 ):
-    """The run of ``spec`` in an earlier run's JSON, checked to be the same reference grid, queries and seed
-    (``whole_grid``: the AutoNDTM side's grid too)."""
+    """The run of ``spec`` in an earlier run's JSON, checked to be the same reference grid, queries and seed."""
     record = json.loads(path.read_text())
-    if whole_grid and record["grid"] != grid:
-        raise SystemExit(f"{path}: its AutoNDTM grid is not this one")
     for res in record["pairs"]:
         if res["pair"] != spec:
             continue
@@ -149,10 +199,6 @@ def run_pair(
     base = fs.NDTM.preset(pair.tuned_preset)
     reference: list[dict[str, Any]] = [] if earlier is None else earlier["reference"]
     new: list[dict[str, Any]] = []
-    if earlier_new is not None:  # the AutoNDTM side of an earlier run: only the confirmations are run
-        for p in earlier_new["new"]:
-            p["method"] = fs.AutoNDTM(**{k: v for k, v in p["settings"].items() if k != "method"})
-            new.append(p)
     for K in grid["K"] if earlier is None else []:
         for N in grid["N"]:
             best = None
@@ -168,24 +214,32 @@ def run_pair(
                 if best is None or r["fiber_loss_mean"] < best["fiber_loss_mean"]:
                     best = r
             reference.append(best)
+    ref_front = pareto(reference)
+    target = ref_front[-1]  # the front's best mean loss, at its cost
     default = scale_free_default(prior)
-    g_values, rhos = grid.get("auto_G", [0]), grid.get("auto_rho", [default.rho])
-    for K in grid["auto_K"] if earlier_new is None else []:
+    g_values, n_reused = grid["auto_G"], 0
+    for K in grid["auto_K"]:
         for N in grid["auto_N"]:
             for P in grid["auto_P"]:
                 for g in g_values:
-                    for rho in rhos if g == g_values[-1] else rhos[:1]:
-                        m = replace(default, steps=K, inner_steps=N, polish_steps=P, project_steps=g, rho=rho)
-                        label = f"AutoNDTM K={K} N={N} P={P} G={g}" + ("" if rho == rhos[0] else f" ρ={rho:g}")
-                        r = _point(run_method(prior, subject, judge, m, n, seed), judge, n, label, m.config())
+                    for variant in grid["auto_variants"] if g == g_values[-1] else [{}]:
+                        m, resample, label = auto_point(default, K, N, P, g, variant, target["fiber_loss_mean"])
+                        r = reused(earlier_new, m.config(), resample)
+                        n_reused += r is not None
+                        if r is None:
+                            run = run_method(prior, subject, judge, m, n, seed, **_redraws(resample))
+                            r = _point(run, judge, n, label, m.config())
+                            r["resample"] = resample
+                            log(
+                                f"  {label.removeprefix('AutoNDTM ')}: mean {r['fiber_loss_mean']:.4g} median "
+                                f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
+                            )
                         r["method"] = m
-                        log(
-                            f"  auto K={K:3d} N={N} P={P} G={g:2d} ρ={rho:g}: mean {r['fiber_loss_mean']:.4g} median "
-                            f"{r['fiber_loss_median']:.3g} fe {r['forward_equivalents']:.0f} ({r['seconds']:.0f} s)"
-                        )
                         new.append(r)
-    ref_front, new_front = pareto(reference), pareto(new)
-    target = ref_front[-1]  # the front's best mean loss, at its cost
+    if earlier_new is not None:
+        source = earlier_new.get("new_from") or "an earlier run"
+        log(f"  AutoNDTM: {n_reused} of {len(new)} points reused from {source}")
+    new_front = pareto(new)
     # Candidates: the settings that reach the target within ⅓ of its cost, cheapest first (or, when none
     # does, the cheapest that reaches it at all, or AutoNDTM's best). Realism and diversity are measured
     # again on more samples, for the target and for up to CANDIDATES candidates, until one is within
@@ -199,7 +253,8 @@ def run_pair(
     confirmed: dict[str, Any] = {}
 
     def confirm_point(key: str, p: dict[str, Any]) -> dict[str, Any]:
-        r = _point(run_method(prior, subject, big, p["method"], n, seed), big, n, p["label"], p["settings"])
+        run = run_method(prior, subject, big, p["method"], n, seed, **_redraws(p.get("resample")))
+        r = _point(run, big, n, p["label"], p["settings"])
         log(
             f"  confirm {key} ({p['label']}) on {confirm} queries × {n}: mean {r['fiber_loss_mean']:.4g}, "
             f"realism FD {r['realism_fd']:.4g}, diversity {r['diversity']:.4g}, class kept {r['class_kept']:.0%}"
@@ -252,6 +307,7 @@ def run_pair(
         "confirmed": confirmed,
         "reference_from": None if earlier is None else earlier.get("reference_from") or "earlier run",
         "new_from": None if earlier_new is None else earlier_new.get("new_from") or "earlier run",
+        "new_reused": n_reused,
     }
     if match is not None:
         out["matched"] = {
@@ -447,8 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--new-from",
         metavar="JSON",
-        help="with --reference-from: take the AutoNDTM side's grid too from that file (same pairs, queries and "
-        "seed) and run only the confirmations",
+        help="with --reference-from: reuse the AutoNDTM points of that file (same pairs, queries and seed) whose "
+        "settings equal a point of this grid, and run only the others and the confirmations",
     )
     ap.add_argument(
         "--replot", nargs="+", metavar="JSON", help="only redraw the plot of earlier runs' JSON files into --out"
@@ -489,9 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.new_from:
             if not args.reference_from:
                 raise SystemExit("--new-from needs --reference-from")
-            earlier_new = earlier_reference(
-                Path(args.new_from), spec, grid, queries, n, args.seed, confirm, whole_grid=True
-            )
+            earlier_new = earlier_reference(Path(args.new_from), spec, grid, queries, n, args.seed, confirm)
             earlier_new["new_from"] = str(args.new_from)
         res = run_pair(spec, grid, queries, n, args.seed, confirm, _log, earlier, earlier_new)
         res["grid_name"] = "quick" if args.quick else "full"

@@ -477,6 +477,33 @@ def test_efficiency_tables_verdicts_and_reference_reuse(tmp_path, capsys):
         mod.earlier_reference(path, res["pair"], grid, 4, 2, 0, 24)
     with pytest.raises(SystemExit, match="no run of"):
         mod.earlier_reference(path, "mnist-flow:mnist-cnn@logits", grid, 8, 2, 0, 24)
-    assert mod.earlier_reference(path, res["pair"], grid, 8, 2, 0, 24, whole_grid=True) is not None
-    with pytest.raises(SystemExit, match="AutoNDTM grid is not this one"):
-        mod.earlier_reference(path, res["pair"], {**grid, "auto_G": [0]}, 8, 2, 0, 24, whole_grid=True)
+
+
+def test_efficiency_grid_points_and_reuse_by_settings():
+    """efficiency.py: a variant's label and resampling; --new-from reuses a point only with equal settings."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "efficiency.py"
+    spec = importlib.util.spec_from_file_location("efficiency", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    default = fs.AutoNDTM()
+    m, resample, label = mod.auto_point(default, 40, 2, 2, 32, {"start": 0.55, "resample": 3}, 3e-4)
+    assert (m.steps, m.inner_steps, m.polish_steps, m.project_steps, m.start) == (40, 2, 2, 32, 0.55)
+    assert resample == {"rounds": 3, "tolerance": 3e-4}
+    assert label == "AutoNDTM K=40 N=2 P=2 G=32 start=0.55 resample=3"
+    assert mod._redraws(resample) == {"tolerance": 3e-4, "resample": 3} and mod._redraws(None) == {}
+    m2, none, label2 = mod.auto_point(default, 40, 2, 2, 32, {"rho": 0.3}, 3e-4)
+    assert none is None and m2.rho == 0.3 and label2 == "AutoNDTM K=40 N=2 P=2 G=32 ρ=0.3"
+    m3, at3, label3 = mod.auto_point(default, 40, 2, 2, 32, {"start": 0.55, "resample": 3, "resample_at": 3}, 3e-4)
+    assert m3.config() == m.config() and at3 == {"rounds": 3, "tolerance": 9e-4}
+    assert label3 == "AutoNDTM K=40 N=2 P=2 G=32 start=0.55 resample=3 above 3×target"
+    assert all(set(v) <= {"rho", "start", "resample", "resample_at"} for v in mod.FULL["auto_variants"])
+
+    earlier = {"new": [{"label": label2, "settings": m2.config(), "fiber_loss_mean": 0.1}]}
+    assert mod.reused(earlier, m2.config(), None)["fiber_loss_mean"] == 0.1
+    assert mod.reused(earlier, m.config(), None) is None  # another start
+    assert mod.reused(earlier, m2.config(), {"rounds": 3, "tolerance": 3e-4}) is None  # resampled: not the same point
+    assert mod.reused(None, m2.config(), None) is None

@@ -84,6 +84,29 @@ def test_redraws_follow_per_row_tolerances_and_keep_the_better_sample(toy):
     assert torch.equal(recomputed, losses)
 
 
+def test_the_bench_redraws_misses_as_sample_fiber_does_and_counts_them(toy):
+    """sample_queries(..., tolerance=, resample=): the rows above the tolerance drawn again with new seeds, bit for
+    bit what sample_fiber keeps for the same query, seeds and batch shape; the redraws' calls are in the cost."""
+    from fiberscope.bench import sample_queries
+
+    prior, subject, queries = toy
+    q = queries[:1]
+    plain, _, calls = sample_queries(prior, subject, q, METHOD, [5], n=4, batch_size=4)
+    target = subject(q, prior.data_range).float()
+    losses = fs.LOSSES["sq_l2"](subject(plain, prior.data_range).float(), target.expand(4, -1))
+    tol = float(losses.median())  # about half the rows miss
+    imgs, _, redrawn = sample_queries(prior, subject, q, METHOD, [5], n=4, batch_size=4, tolerance=tol, resample=2)
+    out = fs.sample_fiber(subject, q, prior, n=4, method=METHOD, seed=5, batch_size=4, tolerance=tol, resample=2,
+                          progress=False)  # fmt: skip
+    assert torch.equal(imgs, out.images)
+    kept = losses <= tol
+    assert torch.equal(imgs[kept], plain[kept]) and not torch.equal(imgs, plain)  # only the misses were redrawn
+    extra = out.acceptance["redrawn_samples"]
+    assert extra > 0 and redrawn.prior_backwards == calls.prior_backwards + extra * 6 * 2
+    with pytest.raises(ParameterError, match="needs a tolerance"):
+        sample_queries(prior, subject, q, METHOD, [5], n=4, batch_size=4, resample=2)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the method registry
 

@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..acceptance import check_resample
 from ..counting import CallCounter
 from ..guidance import FiberObjective, GuidanceMethod
 from ..loading import cache_spelling, current_spec
+from ..losses import LOSSES
 from ..metrics.agreement import label_agreement
 from ..metrics.colour import colour_histogram_stats
 from ..metrics.diversity import mean_pairwise_distance
@@ -29,7 +31,7 @@ from ..metrics.frechet import frechet_distance
 from ..metrics.neighbours import nearest_neighbour, nearest_neighbours
 from ..metrics.realism import Reference, default_reference, load_reference
 from ..priors.base import Prior
-from ..sampling import draw_rows, sample_seeds, sum_calls
+from ..sampling import draw_rows, redraw_misses, sample_seeds, sum_calls
 from ..subjects.base import Subject
 from ..utils import atomic_write_json, jsonable
 from .config import AUGMENT_DEFAULTS, CLASSIFIERS, SEED_STRIDE, BenchConfig, PairSpec, split_layer
@@ -92,6 +94,10 @@ def sample_queries(
     run_seeds: list[int],
     n: int = 1,
     batch_size: int = 64,
+    *,
+    tolerance: float | None = None,
+    resample: int = 0,
+    metric: str = "sq_l2",
 ) -> tuple[torch.Tensor, torch.Tensor | None, CallCounter]:
     """``n`` samples from the fiber of each of many queries, several queries per guidance batch.
 
@@ -103,6 +109,10 @@ def sample_queries(
     padded to the same shape. Returns decoded images ``[Q·n, ...]`` on the CPU, the states for
     latent priors (else None), and the network calls of all rows as ``sample_fiber`` counts them:
     the guidance loops, the final decoding and φ of the results, and φ of each query once.
+
+    With ``resample=R`` and a ``tolerance`` (fiber loss in ``metric``), the rows above it are drawn
+    again with new seeds, up to ``R`` rounds, as ``sample_fiber(..., tolerance=, resample=)`` does
+    (:func:`fiberscope.sampling.redraw_misses`); their calls are counted with the rest.
 
     Example:
         >>> import torch, fiberscope as fs
@@ -116,6 +126,7 @@ def sample_queries(
         raise ValueError(f"run_seeds must give one seed per query: {len(run_seeds)} for {len(queries)} queries")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    resample = check_resample(resample, tolerance)
     counter = CallCounter()  # φ of each query, once (sample_fiber counts it the same way)
     prior.counter = subject.counter = counter
     try:
@@ -127,8 +138,15 @@ def sample_queries(
         prior.counter = subject.counter = None
     rows = [o for o in objectives for _ in range(n)]
     seeds = [s for rs in run_seeds for s in sample_seeds(rs, n)]
-    drawn = draw_rows(prior, method, rows, seeds, bench_batch_size(batch_size, len(rows)))
-    calls = CallCounter(**sum_calls([counter.as_dict(), *drawn.calls]))  # type: ignore[arg-type]
+    bs = bench_batch_size(batch_size, len(rows))
+    drawn = draw_rows(prior, method, rows, seeds, bs)
+    spent = [counter.as_dict(), *drawn.calls]
+    if resample and tolerance is not None:
+        target = torch.cat([o.target for o in rows]).float()
+        losses = LOSSES[metric](drawn.features, target).cpu()
+        redo = redraw_misses(prior, method, rows, seeds, bs, drawn, losses, float(tolerance), resample, metric)
+        spent.append(redo.calls)
+    calls = CallCounter(**sum_calls(spent))  # type: ignore[arg-type]
     return drawn.images.cpu(), (drawn.states.cpu() if prior.is_latent else None), calls
 
 
