@@ -89,7 +89,8 @@ def test_resolution_per_prior():
     assert not copy.open_settings and (copy.steps, copy.lr, copy.inner_steps) == (5, 0.3, fs.NDTM().inner_steps)
     assert resolve_method(fs.DPS(steps=5), gauss)[1]["source"] == "given"
     flow = fs.GaussianPrior(dim=2, schedule=fs.FlowSchedule())
-    assert resolve_method(None, flow)[0].sampler == "euler"
+    m, _ = resolve_method(None, flow)  # the stochastic DDIM step on flows too (kept the class more often than Euler)
+    assert (m.sampler, m.eta) == ("ddim", 1.0)
 
 
 def test_auto_phases_and_settings():

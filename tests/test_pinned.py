@@ -227,6 +227,8 @@ CASES: dict[str, tuple[str, Any, str | None]] = {
     # the default of today: P=2 and the Gauss-Newton projection onto the fiber
     "auto/default": ("unet", lambda: fs.AutoNDTM(steps=6), None),
     "auto/flow,euler,default": ("unet_flow", lambda: fs.AutoNDTM(steps=6, sampler="euler"), None),
+    # the default on a flow prior since the Euler step was dropped there: DDIM with η = 1 as on every prior
+    "auto/flow,default": ("unet_flow", lambda: fs.AutoNDTM(steps=6), None),
     # unguided sampling
     "unguided/ddim": ("unet", lambda: fs.Unguided(steps=6), None),
     "unguided/ddim,eta=1": ("unet", lambda: fs.Unguided(steps=6, eta=1.0), None),

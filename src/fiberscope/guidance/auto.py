@@ -23,10 +23,14 @@ and flows, with T its largest time):
 * t ≤ ``polish_start``·T: ``polish_steps`` full steps (ρ = 1) per denoising step, which close the
   last gap at low noise, where the denoiser still smooths what the steps change.
 
-The update rule defaults to DDIM with η = 1 (the DDPM posterior's noise level): the fresh noise of
-each step lets the prior pull a guided state back towards natural images, which kept the class of
-the query more often and reached lower fiber losses than η = 0.5 at the same cost
-(``docs/efficiency.md``).
+The update rule defaults to DDIM with η = 1 (the DDPM posterior's noise level) on every prior: the
+fresh noise of each step lets the prior pull a guided state back towards natural images, which kept
+the class of the query more often and reached lower fiber losses than η = 0.5 at the same cost
+(``docs/efficiency.md``). Flow priors get it too — the DDIM step is written for any interpolant
+x_t = α_t·x0 + σ_t·ε and keeps the marginal variance — rather than the deterministic Euler step of
+their ODE: on the zoo's rectified flow, η = 1 kept the class in 95 % of 60 samples against 88 %
+with Euler, as realistic as the tuned preset (FD 39 against 55), at the same cost
+(``docs/defaults.md``).
 
 Example:
     >>> from fiberscope.guidance.auto import AutoNDTM
@@ -233,16 +237,17 @@ def registered_preset(prior: Any) -> str | None:
 
 
 def scale_free_default(prior: Any, **settings: Any) -> AutoNDTM:
-    """The default fiber sampler on ``prior``: :class:`AutoNDTM`, with Euler steps on a flow prior.
+    """The default fiber sampler on ``prior``: :class:`AutoNDTM` (DDIM with η = 1 on every prior, flows too).
+
+    ``prior`` is taken so that a default may depend on the prior; today none does (the Euler step a
+    flow prior used to get kept fewer samples in the query's class: see the module's docstring).
 
     Example:
-        >>> from fiberscope import GaussianPrior
-        >>> scale_free_default(GaussianPrior(dim=2), steps=20).steps
-        20
+        >>> from fiberscope import FlowSchedule, GaussianPrior
+        >>> m = scale_free_default(GaussianPrior(dim=2, schedule=FlowSchedule()), steps=20)
+        >>> m.steps, m.sampler, m.eta
+        (20, 'ddim', 1.0)
     """
-    schedule = getattr(prior, "schedule", None)
-    if getattr(schedule, "kind", None) == "flow":
-        settings.setdefault("sampler", "euler")
     return AutoNDTM(**settings)
 
 
