@@ -91,6 +91,33 @@ def test_euler_rule_matches_flow_match_scheduler():
     assert torch.allclose(got, out, atol=1e-5)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+def test_ddim_with_noise_on_a_flow_schedule_samples_the_data(sampler):
+    """DDIM with η = 1 on a rectified-flow schedule (the default sampler's rule on flows, as on DDPMs) keeps the
+    marginals of the interpolant x_t = (1 − t)·x0 + t·ε: from pure noise, with the exact denoiser of Gaussian
+    data N(μ, s²), its samples are N(μ, s²) up to the discretisation — as the Euler ODE's are — though every
+    step adds fresh noise (30 steps shrink the spread by 9 %, 200 by 2 %; VP DDIM at 30 steps by 16 %). The
+    data are isotropic, so the 64 coordinates of 500 samples pool into one estimate of μ and s."""
+    prior = fs.GaussianPrior(dim=64, mean=0.3, std=0.5, schedule=fs.FlowSchedule())
+    rule = StepRule(sampler, eta=1.0)
+    times = prior.schedule.grid(200)
+    table = rule.prepare(prior, times)
+
+    def run(seed_offset: int) -> torch.Tensor:
+        n = 500
+        x = fs.SampleNoise(list(range(n))).randn_like(torch.zeros(n, 64))  # the same start for both runs
+        noise = fs.SampleNoise([i + seed_offset for i in range(n)])
+        for i, t in enumerate(times):
+            d = prior.denoise(x, t)
+            x = rule.step(x, rule.tweedie(prior, d, x, *table[i]), d, table[i], table[i + 1], noise)
+        return x
+
+    x = run(10**6)
+    assert abs(float(x.mean()) - 0.3) < 0.01 and abs(float(x.std()) - 0.5) < 0.015
+    # η = 1 draws fresh noise at every step (other step noise: other samples); Euler draws none
+    assert torch.equal(run(2 * 10**6), x) == (sampler == "euler")
+
+
 @pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
 def test_diffusers_adapter_parameterisations_are_consistent(tmp_path, pred):
     from diffusers import DDPMPipeline, DDPMScheduler
