@@ -87,7 +87,7 @@ QUICK = {
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 #: item 4's bounds: cost ≤ ⅓ of the target's, realism (FD) within 1.1×, diversity at least 0.9× of the reference's
 MAX_COST_RATIO, MAX_REALISM_RATIO, MIN_DIVERSITY_RATIO = 1 / 3, 1.1, 0.9
-CANDIDATES = 3  # settings confirmed at most, cheapest first
+CANDIDATES = 5  # settings confirmed at most, cheapest first (the grid has 64 points per pair)
 CONFIRMED_KEYS = (
     "label",
     "fiber_loss_mean",
@@ -146,6 +146,21 @@ def reused(earlier_new: dict[str, Any] | None, settings: dict[str, Any], resampl
     for p in (earlier_new or {}).get("new", []):
         if p["settings"] == settings and p.get("resample") == resample:
             return dict(p)
+    return None
+
+
+def reused_confirmation(earlier_new: dict[str, Any] | None, p: dict[str, Any]) -> dict[str, Any] | None:
+    """An earlier run's confirmation of the grid point ``p`` (the same settings and resampling), or None.
+
+    Confirmations are recorded by label; the earlier run's grid point of that label must have ``p``'s settings.
+    """
+    if earlier_new is None:
+        return None
+    points = {q["label"]: q for q in earlier_new.get("new", [])}
+    for c in earlier_new.get("confirmed", {}).get("candidates", []):
+        q = points.get(c["label"])
+        if q is not None and q["settings"] == p["settings"] and q.get("resample") == p.get("resample"):
+            return {k: c[k] for k in CONFIRMED_KEYS}
     return None
 
 
@@ -253,6 +268,10 @@ def run_pair(
     confirmed: dict[str, Any] = {}
 
     def confirm_point(key: str, p: dict[str, Any]) -> dict[str, Any]:
+        earlier_c = reused_confirmation(earlier_new, p)
+        if earlier_c is not None:
+            log(f"  confirm {key} ({p['label']}): reused from {earlier_new.get('new_from') or 'an earlier run'}")
+            return earlier_c
         run = run_method(prior, subject, big, p["method"], n, seed, **_redraws(p.get("resample")))
         r = _point(run, big, n, p["label"], p["settings"])
         log(

@@ -507,3 +507,12 @@ def test_efficiency_grid_points_and_reuse_by_settings():
     assert mod.reused(earlier, m.config(), None) is None  # another start
     assert mod.reused(earlier, m2.config(), {"rounds": 3, "tolerance": 3e-4}) is None  # resampled: not the same point
     assert mod.reused(None, m2.config(), None) is None
+
+    # a confirmation is reused only for a point of the same settings and resampling
+    conf = {k: 1.0 for k in mod.CONFIRMED_KEYS} | {"label": label2, "realism_ratio": 0.5}
+    earlier["confirmed"] = {"candidates": [conf]}
+    point = {"label": label2, "settings": m2.config(), "resample": None}
+    assert mod.reused_confirmation(earlier, point) == {k: conf[k] for k in mod.CONFIRMED_KEYS}
+    assert mod.reused_confirmation(earlier, {**point, "settings": m.config()}) is None
+    assert mod.reused_confirmation(earlier, {**point, "resample": {"rounds": 3, "tolerance": 1.0}}) is None
+    assert mod.reused_confirmation(None, point) is None
