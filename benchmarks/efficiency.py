@@ -136,6 +136,20 @@ def auto_point(
     return m, resample, f"AutoNDTM K={K} N={N} P={P} G={G}{extra}"
 
 
+def auto_settings(items: list[str]) -> dict[str, Any]:
+    """``--auto SETTING=VALUE`` items as AutoNDTM settings (numbers parsed as JSON, anything else a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fs.AutoNDTM.__dataclass_fields__:
+            raise SystemExit(f"--auto {item!r}: expected SETTING=VALUE with an AutoNDTM setting")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _redraws(resample: dict[str, Any] | None) -> dict[str, Any]:
     """``run_method``'s keywords for a point's resampling."""
     return {} if not resample else {"tolerance": resample["tolerance"], "resample": resample["rounds"]}
@@ -203,6 +217,7 @@ def run_pair(
     log: Any,
     earlier: dict[str, Any] | None = None,
     earlier_new: dict[str, Any] | None = None,
+    auto_base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     pair = parse_pair(spec)
     if not pair.tuned_preset:
@@ -231,7 +246,7 @@ def run_pair(
             reference.append(best)
     ref_front = pareto(reference)
     target = ref_front[-1]  # the front's best mean loss, at its cost
-    default = scale_free_default(prior)
+    default = scale_free_default(prior, **(auto_base or {}))
     g_values, n_reused = grid["auto_G"], 0
     for K in grid["auto_K"]:
         for N in grid["auto_N"]:
@@ -327,6 +342,7 @@ def run_pair(
         "reference_from": None if earlier is None else earlier.get("reference_from") or "earlier run",
         "new_from": None if earlier_new is None else earlier_new.get("new_from") or "earlier run",
         "new_reused": n_reused,
+        "auto_base": auto_base or {},
     }
     if match is not None:
         out["matched"] = {
@@ -458,10 +474,12 @@ def tables(records: list[tuple[str, dict[str, Any]]]) -> str:
         for p in record["pairs"]:
             ref = {r["label"]: r for r in p["reference"]}
             new = {r["label"]: r for r in p["new"]}
+            rule = next((r["settings"].get("sampler") for r in p["new"] if "settings" in r), None)
+            shown = p["pair"] + (f" (AutoNDTM sampler {rule})" if rule not in (None, "ddim") else "")
             lrs = sorted({round(r["lr"], 4) for r in p["reference"]})
             reused = f"; the reference side from `{p['reference_from']}`" if p.get("reference_from") else ""
             out += [
-                f"### {p['pair']} ({grid} grid, {p['queries']} queries × {p['n']} samples)",
+                f"### {shown} ({grid} grid, {p['queries']} queries × {p['n']} samples)",
                 "",
                 f"Reference preset `{p['preset']}`; the best learning rate per (K, N) was "
                 + ", ".join(f"{x:g}" for x in lrs)
@@ -480,14 +498,14 @@ def tables(records: list[tuple[str, dict[str, Any]]]) -> str:
             if m["label"] is None:
                 b = m.get("at_new_best") or {}
                 summary.append(
-                    f"| {p['pair']} | {grid} | {tgt} | not reached; best {b.get('loss', math.nan):.3g} "
+                    f"| {shown} | {grid} | {tgt} | not reached; best {b.get('loss', math.nan):.3g} "
                     f"({str(b.get('new', '')).removeprefix('AutoNDTM ')}) | inf ({b.get('cost_ratio', math.nan):.2f} "
                     f"at its best loss) | {b.get('realism_ratio', math.nan):.2f} | "
                     f"{b.get('diversity_ratio', math.nan):.2f} | no (loss) |"
                 )
             else:
                 summary.append(
-                    f"| {p['pair']} | {grid} | {tgt} | reached by {m['label'].removeprefix('AutoNDTM ')} at "
+                    f"| {shown} | {grid} | {tgt} | reached by {m['label'].removeprefix('AutoNDTM ')} at "
                     f"{new[m['label']]['forward_equivalents']:,.0f} | {m['cost_ratio']:.2f} | "
                     f"{m['realism_ratio']:.2f} | {m['diversity_ratio']:.2f} | {_item4(m)} |"
                 )
@@ -524,6 +542,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="with --reference-from: reuse the AutoNDTM points of that file (same pairs, queries and seed) whose "
         "settings equal a point of this grid, and run only the others and the confirmations",
+    )
+    ap.add_argument(
+        "--auto",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="a setting of every AutoNDTM point (repeatable), e.g. --auto sampler=euler: the flow's Euler rule",
     )
     ap.add_argument(
         "--replot", nargs="+", metavar="JSON", help="only redraw the plot of earlier runs' JSON files into --out"
@@ -566,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("--new-from needs --reference-from")
             earlier_new = earlier_reference(Path(args.new_from), spec, grid, queries, n, args.seed, confirm)
             earlier_new["new_from"] = str(args.new_from)
-        res = run_pair(spec, grid, queries, n, args.seed, confirm, _log, earlier, earlier_new)
+        res = run_pair(spec, grid, queries, n, args.seed, confirm, _log, earlier, earlier_new, auto_settings(args.auto))
         res["grid_name"] = "quick" if args.quick else "full"
         results.append(res)
         m = res["matched"]

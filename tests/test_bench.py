@@ -516,3 +516,6 @@ def test_efficiency_grid_points_and_reuse_by_settings():
     assert mod.reused_confirmation(earlier, {**point, "settings": m.config()}) is None
     assert mod.reused_confirmation(earlier, {**point, "resample": {"rounds": 3, "tolerance": 1.0}}) is None
     assert mod.reused_confirmation(None, point) is None
+    assert mod.auto_settings(["sampler=euler", "rho=0.3"]) == {"sampler": "euler", "rho": 0.3}
+    with pytest.raises(SystemExit, match="an AutoNDTM setting"):
+        mod.auto_settings(["lr=0.1"])
