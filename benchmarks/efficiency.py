@@ -420,13 +420,19 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("forward-equivalents per sample (front: lines)")
         ax.set_ylabel("fiber loss (sq_l2)")
         grid_name = f" ({res['grid_name']} grid)" if "grid_name" in res else ""
-        ax.set_title(f"{res['pair']}{grid_name}\n{_verdict(res['matched'])}", fontsize=9)
+        ax.set_title(f"{_shown(res)}{grid_name}\n{_verdict(res['matched'])}", fontsize=9)
         ax.legend(fontsize=6)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _shown(res: dict[str, Any]) -> str:
+    """A pair's name, with AutoNDTM's update rule where it is not the default's DDIM (a flow run with Euler)."""
+    rule = next((r["settings"].get("sampler") for r in res["new"] if "settings" in r), None)
+    return res["pair"] + (f" (AutoNDTM sampler {rule})" if rule not in (None, "ddim") else "")
 
 
 def _log(line: str) -> None:
@@ -474,8 +480,7 @@ def tables(records: list[tuple[str, dict[str, Any]]]) -> str:
         for p in record["pairs"]:
             ref = {r["label"]: r for r in p["reference"]}
             new = {r["label"]: r for r in p["new"]}
-            rule = next((r["settings"].get("sampler") for r in p["new"] if "settings" in r), None)
-            shown = p["pair"] + (f" (AutoNDTM sampler {rule})" if rule not in (None, "ddim") else "")
+            shown = _shown(p)
             lrs = sorted({round(r["lr"], 4) for r in p["reference"]})
             reused = f"; the reference side from `{p['reference_from']}`" if p.get("reference_from") else ""
             out += [
