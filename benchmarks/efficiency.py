@@ -166,14 +166,13 @@ def reused(earlier_new: dict[str, Any] | None, settings: dict[str, Any], resampl
 def reused_confirmation(earlier_new: dict[str, Any] | None, p: dict[str, Any]) -> dict[str, Any] | None:
     """An earlier run's confirmation of the grid point ``p`` (the same settings and resampling), or None.
 
-    Confirmations are recorded by label; the earlier run's grid point of that label must have ``p``'s settings.
+    Confirmations are recorded by label: that of the earlier run's point with ``p``'s settings (:func:`reused`).
     """
-    if earlier_new is None:
+    q = reused(earlier_new, p["settings"], p.get("resample"))
+    if q is None or earlier_new is None:
         return None
-    points = {q["label"]: q for q in earlier_new.get("new", [])}
     for c in earlier_new.get("confirmed", {}).get("candidates", []):
-        q = points.get(c["label"])
-        if q is not None and q["settings"] == p["settings"] and q.get("resample") == p.get("resample"):
+        if c["label"] == q["label"]:
             return {k: c[k] for k in CONFIRMED_KEYS}
     return None
 
@@ -482,13 +481,13 @@ def tables(records: list[tuple[str, dict[str, Any]]]) -> str:
             new = {r["label"]: r for r in p["new"]}
             shown = _shown(p)
             lrs = sorted({round(r["lr"], 4) for r in p["reference"]})
-            reused = f"; the reference side from `{p['reference_from']}`" if p.get("reference_from") else ""
+            ref_note = f"; the reference side from `{p['reference_from']}`" if p.get("reference_from") else ""
             out += [
                 f"### {shown} ({grid} grid, {p['queries']} queries × {p['n']} samples)",
                 "",
                 f"Reference preset `{p['preset']}`; the best learning rate per (K, N) was "
                 + ", ".join(f"{x:g}" for x in lrs)
-                + f" (the preset's × {{⅓, 1, 3}}). JSON: `{name}`{reused}. Both Pareto fronts:",
+                + f" (the preset's × {{⅓, 1, 3}}). JSON: `{name}`{ref_note}. Both Pareto fronts:",
                 "",
                 "| side | setting | fwd-eq / sample | mean fiber loss | median | class kept (judge) | FD | diversity |",
                 "|---|---|---|---|---|---|---|---|",
