@@ -2,7 +2,8 @@
 
 On one zoo pair, the default (:func:`fiberscope.guidance.auto.scale_free_default`) and variants that
 change one setting — no projection onto the fiber, or its calls spent on polish steps instead, a
-longer projection, η ∈ {0, 0.5} instead of 1, no polish phase — on the same queries and seeds,
+longer projection, η ∈ {0, 0.5} instead of 1, no polish phase, two damped steps per denoising step
+instead of one (N = 2, the default before), a smaller damping ρ = 0.3 — on the same queries and seeds,
 judged as ``benchmarks/defaults_acceptance.py`` judges: mean and median fiber loss, class kept by
 the independent classifier (``benchmarks/judges.py``), realism (Fréchet distance in the realism
 reference's space), diversity (mean pairwise distance of a query's samples there), cost.
@@ -37,6 +38,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "eta=0.5": {"eta": 0.5},
     "eta=0": {"eta": 0.0},
     "no polish": {"polish_steps": 0},
+    "N=2": {"inner_steps": 2},  # the default before issue 21's 60-sample acceptance
+    "rho=0.3": {"rho": 0.3},
 }
 
 

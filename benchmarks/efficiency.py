@@ -73,6 +73,7 @@ FULL = {
         {"resample": 3},
         {"start": 0.55, "resample": 3},
         {"start": 0.55, "resample": 3, "resample_at": 3},
+        {"rho": 0.3, "resample": 3, "resample_at": 3},
     ],
 }
 QUICK = {
@@ -87,7 +88,7 @@ QUICK = {
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 #: item 4's bounds: cost ≤ ⅓ of the target's, realism (FD) within 1.1×, diversity at least 0.9× of the reference's
 MAX_COST_RATIO, MAX_REALISM_RATIO, MIN_DIVERSITY_RATIO = 1 / 3, 1.1, 0.9
-CANDIDATES = 5  # settings confirmed at most, cheapest first (the grid has 64 points per pair)
+CANDIDATES = 8  # settings confirmed at most, cheapest first (the grid has 72 points per pair)
 CONFIRMED_KEYS = (
     "label",
     "fiber_loss_mean",
@@ -494,8 +495,18 @@ def tables(records: list[tuple[str, dict[str, Any]]]) -> str:
             ]
             for lab in sorted(p["reference_front"], key=lambda lb: ref[lb]["forward_equivalents"]):
                 out.append(_row("NDTM", ref[lab], " **target**" if lab == p["target"]["label"] else ""))
-            for lab in sorted(p["new_front"], key=lambda lb: new[lb]["forward_equivalents"]):
-                out.append(_row("AutoNDTM", new[lab], " **matched**" if lab == p["matched"].get("label") else ""))
+            # the front, and every confirmed candidate (the one that met item 4 may lie off the front)
+            cands = {c["label"]: c for c in p["confirmed"].get("candidates", []) if c["label"] in new}
+            for lab in sorted(set(p["new_front"]) | set(cands), key=lambda lb: new[lb]["forward_equivalents"]):
+                note = ""
+                if lab == p["matched"].get("label"):
+                    note = " **matched**"
+                elif lab in cands:
+                    c = cands[lab]
+                    note = f" (confirmed: realism {c['realism_ratio']:.2f}, diversity {c['diversity_ratio']:.2f})"
+                if lab not in p["new_front"]:
+                    note += " (off the front)"
+                out.append(_row("AutoNDTM", new[lab], note))
             m, t = p["matched"], p["target"]
             c, ct = p["confirmed"]["matched"], p["confirmed"]["target"]
             tgt = f"{t['label']}: {t['fiber_loss_mean']:.3g} at {t['forward_equivalents']:,.0f}"

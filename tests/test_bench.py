@@ -451,7 +451,7 @@ def test_efficiency_tables_verdicts_and_reference_reuse(tmp_path, capsys):
         "seed": 0,
         "confirm_queries": 24,
         "reference": [pt("NDTM K=25 N=1", 100, 1.0, lr=0.15), pt("NDTM K=200 N=5", 4400, 0.01, lr=0.15)],
-        "new": [pt("AutoNDTM K=100 N=1 P=2 G=32", 1000, 0.005)],
+        "new": [pt("AutoNDTM K=100 N=1 P=2 G=32", 1000, 0.005), pt("AutoNDTM K=100 N=2 P=2 G=32", 1100, 0.006)],
         "reference_front": ["NDTM K=25 N=1", "NDTM K=200 N=5"],
         "new_front": ["AutoNDTM K=100 N=1 P=2 G=32"],
         "target": {"fiber_loss_mean": 0.01, "forward_equivalents": 4400, "label": "NDTM K=200 N=5"},
@@ -463,6 +463,9 @@ def test_efficiency_tables_verdicts_and_reference_reuse(tmp_path, capsys):
         },
         "confirmed": confirmed,
     }
+    # a confirmed candidate off the front (1,100 fe for a higher mean than the 1,000 one) is listed too
+    off = {**pt("AutoNDTM K=100 N=2 P=2 G=32", 1, 0.1), "realism_ratio": 0.8, "diversity_ratio": 0.87}
+    confirmed["candidates"] = [off]
     record = {"grid": mod.FULL, "lr_factors": list(mod.LR_FACTORS), "pairs": [res]}
     path = tmp_path / "efficiency.json"
     path.write_text(json.dumps(record))
@@ -470,6 +473,7 @@ def test_efficiency_tables_verdicts_and_reference_reuse(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "reached by K=100 N=1 P=2 G=32 at 1,000 | 0.23 | 0.90 | 0.85 | no (diversity) |" in out
     assert "K=200 N=5 (lr 0.15) **target**" in out
+    assert "| K=100 N=2 P=2 G=32 (confirmed: realism 0.80, diversity 0.87) (off the front) | 1,100 |" in out
 
     grid = mod.FULL
     assert mod.earlier_reference(path, res["pair"], grid, 8, 2, 0, 24) is not None

@@ -102,7 +102,7 @@ def test_auto_phases_and_settings():
         (3, 1.0),
         (3, 1.0),
     ]
-    assert AutoNDTM(polish_steps=0).plan(0.0, 1000.0) == (2, 0.5)  # no polish: damped steps to the end
+    assert AutoNDTM(inner_steps=2, polish_steps=0).plan(0.0, 1000.0) == (2, 0.5)  # no polish: damped steps to the end
     for bad, match in [
         ({"rho": 0}, "rho must be"),
         ({"rho": 1.5}, "rho must be"),

@@ -85,7 +85,7 @@ def test_loss_and_adam_settings_are_checked_once():
 # decide which cached units to recompute, so a change here recomputes them (update the pins knowingly).
 CONFIG_PINS = {
     "ndtm": "64db0f7568b07f09",
-    "auto": "6ca64d3f86e20581",  # issue 21: AutoNDTM phases, η = 1, the projection (K=50, N=2, P=1, G=6)
+    "auto": "806926216160cc50",  # issue 21: AutoNDTM phases, η = 1, the projection (K=50, N=1, P=1, G=10)
     "unguided": "9b843ce7847b9297",
     "dps": "8a588362f52397f4",
     "freedom": "853215b81702e4f5",

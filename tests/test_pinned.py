@@ -205,9 +205,14 @@ CASES: dict[str, tuple[str, Any, str | None]] = {
     "tfg/gauss_flow,euler": ("gauss_flow", lambda: fs.TFG(steps=6, sampler="euler"), None),
     "pixel_opt/default": ("unet", lambda: fs.PixelOptimization(iterations=8), None),
     # AutoNDTM, fiberscope's default: its phases and update rules
-    # (the settings of the default before the projection was added, given in full: P=4, G=0)
-    "auto/P=4,G=0": ("unet", lambda: fs.AutoNDTM(steps=6, polish_steps=4, project_steps=0), None),
-    "auto/no_polish,rho=0.8": ("unet", lambda: fs.AutoNDTM(steps=6, polish_steps=0, rho=0.8, project_steps=0), None),
+    # (the settings of the default before the projection was added, given in full: N=2, P=4, G=0; the
+    # cases below that do not name N keep the N=2 they were pinned with)
+    "auto/P=4,G=0": ("unet", lambda: fs.AutoNDTM(steps=6, inner_steps=2, polish_steps=4, project_steps=0), None),
+    "auto/no_polish,rho=0.8": (
+        "unet",
+        lambda: fs.AutoNDTM(steps=6, inner_steps=2, polish_steps=0, rho=0.8, project_steps=0),
+        None,
+    ),
     "auto/start=1,polish_start=0.5,N=1,P=2": (
         "unet",
         lambda: fs.AutoNDTM(steps=6, start=1.0, polish_start=0.5, inner_steps=1, polish_steps=2, project_steps=0),
@@ -215,16 +220,17 @@ CASES: dict[str, tuple[str, Any, str | None]] = {
     ),
     "auto/eta=0,max_step=0.05": (
         "unet",
-        lambda: fs.AutoNDTM(steps=6, eta=0.0, max_step=0.05, polish_steps=4, project_steps=0),
+        lambda: fs.AutoNDTM(steps=6, inner_steps=2, eta=0.0, max_step=0.05, polish_steps=4, project_steps=0),
         None,
     ),
     "auto/flow,euler": (
         "unet_flow",
-        lambda: fs.AutoNDTM(steps=6, sampler="euler", polish_steps=4, project_steps=0),
+        lambda: fs.AutoNDTM(steps=6, inner_steps=2, sampler="euler", polish_steps=4, project_steps=0),
         None,
     ),
-    "auto/gmm": ("gmm", lambda: fs.AutoNDTM(steps=6, polish_steps=4, project_steps=0), None),
-    # the default of today: P=2 and the Gauss-Newton projection onto the fiber
+    "auto/gmm": ("gmm", lambda: fs.AutoNDTM(steps=6, inner_steps=2, polish_steps=4, project_steps=0), None),
+    # the default of today: N=1, P=1 and 10 Gauss-Newton steps onto the fiber (N=1, G=10 since issue 21's
+    # 60-sample acceptance: its pins moved then)
     "auto/default": ("unet", lambda: fs.AutoNDTM(steps=6), None),
     "auto/flow,euler,default": ("unet_flow", lambda: fs.AutoNDTM(steps=6, sampler="euler"), None),
     # the default on a flow prior since the Euler step was dropped there: DDIM with η = 1 as on every prior
